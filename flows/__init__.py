@@ -1,0 +1,1 @@
+"""The dataflow: one definition for live runs and replays (see ``flows.dataflow``)."""

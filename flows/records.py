@@ -1,0 +1,164 @@
+"""The values that travel between dataflow steps.
+
+Items on the stream are *batches*, never single events: Bytewax costs several
+microseconds per item and per stateful call, so a Kafka poll becomes one item
+and every downstream step loops over it in plain Python or Arrow.
+All timestamps are integer milliseconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+END_OF_INPUT = 2**62
+"""Close clock of a bounded run's final close: every window is final."""
+
+Event = dict[str, Any]
+"""A decoded, valid event: the reader-schema fields (``ts`` as epoch ms) plus
+``topic``, ``partition``, ``offset`` and ``ingest_ts`` (the record timestamp, ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One Kafka record exactly as consumed."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RawBatch:
+    """One poll of one Kafka partition.
+
+    An empty ``records`` list is a heartbeat: the partition is caught up, and in
+    live mode its ingest clock may advance to ``wall_ms``.
+    """
+
+    topic: str
+    partition: int
+    partitions: int
+    records: list[RawRecord]
+    wall_ms: int
+    idle: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A record that failed validation, with the first reason that applied."""
+
+    record: RawRecord
+    reason: str
+    detail: str
+    schema_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedBatch:
+    """A ``RawBatch`` after decode and validation.
+
+    ``clock_ms`` is the partition's ingest clock after this batch (running max of
+    record timestamps, or wall time for an idle partition in live mode); windows
+    close against the minimum of these over all partitions.
+    """
+
+    topic: str
+    partition: int
+    partitions: int
+    events: list[Event]
+    quarantined: list[Quarantined]
+    clock_ms: int | None
+    consumed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShardBatch:
+    """The part of a ``ValidatedBatch`` that one feature shard owns.
+
+    Sent to every shard even when ``events`` is empty, so each shard sees every
+    partition's clock advance.
+    """
+
+    partition: int
+    partitions: int
+    events: dict[str, list[Event]]
+    """Events by the entity field they are routed on (``user_id``, ``item_id``)."""
+    clock_ms: int | None
+    shard: str = "0"
+    shards: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRow:
+    """One window's feature vector for one entity.
+
+    ``seq`` orders updates of the same window (it grows with the counted events,
+    and the final write is the largest), so the Redis write-if-newer guard
+    can tell a stale replay from a newer value.
+    """
+
+    view: str
+    entity: str
+    window_start_ms: int
+    window_end_ms: int
+    features: dict[str, Any]
+    final: bool
+    seq: int
+    last_ingest_ms: int = 0
+
+
+@dataclass(slots=True)
+class HistoryBatch:
+    """Final windows of one view, column by column (what Iceberg wants).
+
+    Columnar on purpose: a bounded run can close millions of windows at once,
+    and one object plus one dict per window would dominate time and memory.
+    """
+
+    view: str
+    shard: str = "0"
+    closed_until: int = 0
+    """The close clock these windows became final at (the sink's exactly-once key)."""
+    entities: list[str] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    features: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.entities)
+
+    def rows(self) -> list[tuple[str, int, int, dict[str, Any]]]:
+        """Row view, for tests and small outputs: (entity, start, end, features)."""
+        names = list(self.features)
+        return [(e, s, w, {n: self.features[n][i] for n in names})
+                for i, (e, s, w) in enumerate(zip(self.entities, self.starts, self.ends,
+                                                  strict=True))]
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureOutput:
+    """What one feature shard emits in one step."""
+
+    online: list[FeatureRow] = field(default_factory=list)
+    """Rows for Redis: each entity's current online window, open or final."""
+    history: list[HistoryBatch] = field(default_factory=list)
+    """Final windows with at least one counted event, for Iceberg, per view."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableRows:
+    """Rows for one Iceberg table, with what the exactly-once ledger needs.
+
+    ``shard``/``closed_until`` are set for feature tables (see ``sinks.ledger``);
+    the other tables carry partition and offset columns instead.
+    """
+
+    rows: Any
+    """A ``pyarrow.Table`` in the table's Arrow schema."""
+    shard: str | None = None
+    closed_until: int | None = None
