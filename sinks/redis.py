@@ -1,0 +1,366 @@
+"""Online store: the latest feature vector per (view, entity) in Redis, replay-safe.
+
+Key layout: ``{prefix}:{view}:{entity}`` is a hash with fields
+
+* ``we``  — window end, epoch ms (the version of the value),
+* ``seq`` — update counter within that window (the final write is the largest),
+* ``v``   — the JSON document served to readers (see :func:`encode_row`).
+
+Every write goes through one Lua script (:data:`WRITE_IF_NEWER`) that stores a
+row only if it is newer than what is there — a larger window end, or the same
+window end with a larger ``seq`` — and then sets the view's TTL (``PERSIST``
+when the view keeps keys forever). Replays and retries therefore never move a
+key backwards, and re-sending a batch is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+from typing_extensions import override
+
+from flows.records import FeatureRow
+from flows.views import FeatureView
+from kappa.errors import ConfigError, ServiceUnavailable
+from kappa.metrics import FRESHNESS_SECONDS, SINK_ERRORS, SINK_ROWS, SINK_WRITE_SECONDS
+from kappa.settings import mask_url
+
+if TYPE_CHECKING:
+    from kappa.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+SINK_LABEL = "redis"
+NO_TTL = -1
+"""TTL argument meaning "keep forever" (the script PERSISTs the key)."""
+
+# KEYS[i] = feature key; ARGV[4i-3..4i] = window_end_ms, seq, payload, ttl_s (-1: none).
+# Returns one 0/1 per key (1 = written). The script touches only the keys it is
+# given, so it is Redis Cluster safe as long as one call's keys share a hash slot:
+# on a cluster, chunks would be grouped by CLUSTER KEYSLOT before sending.
+# Window ends are epoch ms (< 2^53), exact in Lua's doubles.
+WRITE_IF_NEWER = """
+local call = redis.call
+local out = {}
+for i = 1, #KEYS do
+  local b = (i - 1) * 4
+  local key = KEYS[i]
+  local we = tonumber(ARGV[b + 1])
+  local cur = call('HMGET', key, 'we', 'seq')
+  local newer = not cur[1]
+  if not newer then
+    local cur_we = tonumber(cur[1])
+    newer = we > cur_we or (we == cur_we and tonumber(ARGV[b + 2]) > (tonumber(cur[2]) or -1))
+  end
+  if newer then
+    call('HSET', key, 'we', ARGV[b + 1], 'seq', ARGV[b + 2], 'v', ARGV[b + 3])
+    local ttl = tonumber(ARGV[b + 4])
+    if ttl > 0 then call('EXPIRE', key, ttl) else call('PERSIST', key) end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def redis_client(url: str, *, socket_timeout_s: float = 5.0, connect_timeout_s: float = 2.0,
+                 retries: int = 0) -> redis.Redis:
+    """A connected client (it has answered PING) for ``url`` (AUTH/TLS via the URL).
+
+    Raises:
+        ConfigError: The URL is malformed.
+        ServiceUnavailable: Redis did not answer.
+    """
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
+                                      socket_connect_timeout=connect_timeout_s,
+                                      retry=Retry(NoBackoff(), retries))
+    except ValueError as exc:
+        msg = f"invalid Redis URL {mask_url(url)}: {exc}"
+        raise ConfigError(msg) from exc
+    try:
+        client.ping()
+    except RedisError as exc:
+        client.close()
+        msg = f"cannot reach Redis at {mask_url(url)}: {exc}".splitlines()[0]
+        raise ServiceUnavailable(msg) from exc
+    return client
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisConfig:
+    """What the Redis writer needs.
+
+    Attributes:
+        url: ``redis://`` or ``rediss://`` URL, credentials included.
+        prefix: First key segment; a replay version uses its own.
+        ttls: TTL in seconds per view name (``None``: keep forever).
+        socket_timeout_s: Per-command socket timeout.
+        connect_timeout_s: Connect timeout.
+        max_retries: Retries of a batch after a connection error.
+        backoff_s: First retry delay; doubles per retry.
+        chunk_size: Rows per script call (several calls share one pipeline).
+    """
+
+    url: str
+    ttls: Mapping[str, int | None]
+    prefix: str = "kappa"
+    socket_timeout_s: float = 5.0
+    connect_timeout_s: float = 2.0
+    max_retries: int | None = 3
+    """``None``: retry forever (the live flow waits out an outage, losing nothing)."""
+    backoff_s: float = 0.1
+    max_backoff_s: float = 5.0
+    chunk_size: int = 500
+
+    def __post_init__(self) -> None:
+        if not self.url or "://" not in self.url:
+            msg = f"Redis URL must look like redis://host:port/db, got {mask_url(self.url)!r}"
+            raise ConfigError(msg)
+        if not self.prefix or any(c.isspace() for c in self.prefix):
+            msg = f"Redis key prefix must be non-empty without spaces, got {self.prefix!r}"
+            raise ConfigError(msg)
+        for view, ttl in self.ttls.items():
+            if ttl is not None and ttl <= 0:
+                msg = f"view {view!r}: TTL must be > 0 or None (forever), never {ttl}"
+                raise ConfigError(msg)
+        if ((self.max_retries is not None and self.max_retries < 0) or self.chunk_size < 1
+                or self.backoff_s < 0):
+            msg = "need max_retries >= 0, chunk_size >= 1 and backoff_s >= 0"
+            raise ConfigError(msg)
+        object.__setattr__(self, "ttls", dict(self.ttls))
+
+    @classmethod
+    def for_views(cls, *, url: str, views: Iterable[FeatureView], **kwargs: Any) -> RedisConfig:
+        """Config whose TTLs come from the views' ``ttl_s``."""
+        return cls(url=url, ttls={v.name: v.ttl_s for v in views}, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, views: Iterable[FeatureView], *,
+                      prefix: str | None = None) -> RedisConfig:
+        """The writer's slice of the settings (``prefix`` overrides, e.g. for a replay)."""
+        return cls.for_views(url=settings.require_redis(), views=views,
+                             prefix=prefix or settings.redis_prefix)
+
+
+def feature_key(prefix: str, view: str, entity: str) -> str:
+    """The hash holding ``entity``'s latest vector of ``view``."""
+    return f"{prefix}:{view}:{entity}"
+
+
+class _IsoCache:
+    """Epoch ms → ``2024-01-01T00:00:00.000Z``; windows repeat, so formatting is cached."""
+
+    def __init__(self, limit: int = 65_536) -> None:
+        self._cache: dict[int, str] = {}
+        self._limit = limit
+
+    def __call__(self, ms: int) -> str:
+        text = self._cache.get(ms)
+        if text is None:
+            if len(self._cache) >= self._limit:
+                self._cache.clear()
+            text = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+            text = self._cache[ms] = text.replace("+00:00", "Z")
+        return text
+
+
+def encode_row(row: FeatureRow, written_at_ms: int, iso: Callable[[int], str]) -> bytes:
+    """The ``v`` document: ISO-8601 UTC window bounds for the API, plus the ms values."""
+    return orjson.dumps({
+        "view": row.view,
+        "entity": row.entity,
+        "window_start": iso(row.window_start_ms),
+        "window_end": iso(row.window_end_ms),
+        "window_start_ms": row.window_start_ms,
+        "window_end_ms": row.window_end_ms,
+        "final": row.final,
+        "features": row.features,
+        "written_at_ms": written_at_ms,
+    })
+
+
+class RedisFeatureWriter:
+    """Batched, replay-safe writer of feature rows.
+
+    Guarantees:
+        * A row is stored iff it is newer than the stored one (window end, then
+          ``seq``), atomically per key; the view's TTL is (re)set on each write.
+        * One script call per ``chunk_size`` rows and one pipeline (one round
+          trip) per :meth:`write`; no per-row round trips.
+        * Connection errors are retried ``max_retries`` times with backoff (safe:
+          the script is idempotent), then :class:`ServiceUnavailable` is raised
+          (never, with ``max_retries=None``).
+    """
+
+    def __init__(self, config: RedisConfig, client: redis.Redis | None = None, *,
+                 now_ms: Callable[[], int] = _wall_ms,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._config = config
+        self._client = client if client is not None else redis_client(
+            config.url, socket_timeout_s=config.socket_timeout_s,
+            connect_timeout_s=config.connect_timeout_s)
+        self._script = self._client.register_script(WRITE_IF_NEWER)
+        self._now_ms = now_ms
+        self._sleep = sleep
+        self._iso = _IsoCache()
+
+    def _ttl(self, view: str) -> int:
+        try:
+            ttl = self._config.ttls[view]
+        except KeyError:
+            msg = f"no TTL configured for view {view!r}; known: {', '.join(self._config.ttls)}"
+            raise ConfigError(msg) from None
+        return NO_TTL if ttl is None else ttl
+
+    def write(self, rows: list[FeatureRow]) -> int:
+        """Write ``rows`` (in order); returns how many were newer and so stored.
+
+        Freshness (now minus the row's last ingest time) is observed for every
+        stored row that carries ``last_ingest_ms``.
+
+        Raises:
+            ServiceUnavailable: Redis stayed unreachable through all retries.
+            ConfigError: A row's view has no configured TTL.
+        """
+        if not rows:
+            return 0
+        started = time.perf_counter()
+        now = self._now_ms()
+        prefix, iso = self._config.prefix, self._iso
+        ttls: dict[str, int] = {}
+        keys: list[str] = []
+        args: list[Any] = []
+        for row in rows:
+            ttl = ttls.get(row.view)
+            if ttl is None:
+                ttl = ttls[row.view] = self._ttl(row.view)
+            keys.append(f"{prefix}:{row.view}:{row.entity}")
+            args += (row.window_end_ms, row.seq, encode_row(row, now, iso), ttl)
+        flags = self._run(keys, args)
+        written = sum(flags)
+        SINK_WRITE_SECONDS.labels(sink=SINK_LABEL).observe(time.perf_counter() - started)
+        SINK_ROWS.labels(sink=SINK_LABEL).inc(written)
+        done_ms = self._now_ms()
+        for row, flag in zip(rows, flags, strict=True):
+            if flag and row.last_ingest_ms > 0:
+                FRESHNESS_SECONDS.observe(max(0, done_ms - row.last_ingest_ms) / 1000)
+        return written
+
+    def _run(self, keys: list[str], args: list[Any]) -> list[int]:
+        size = self._config.chunk_size
+        attempt = 0
+        while True:
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for i in range(0, len(keys), size):
+                    chunk = keys[i:i + size]
+                    pipe.evalsha(self._script.sha, len(chunk), *chunk,
+                                 *args[4 * i:4 * (i + len(chunk))])
+                return [flag for reply in pipe.execute() for flag in reply]
+            except NoScriptError:
+                # Redis restarted or SCRIPT FLUSH: load once more and resend (idempotent).
+                self._client.script_load(WRITE_IF_NEWER)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                SINK_ERRORS.labels(sink=SINK_LABEL).inc()
+                attempt += 1
+                limit = self._config.max_retries
+                if limit is not None and attempt > limit:
+                    msg = (f"cannot write features to Redis at {mask_url(self._config.url)} after "
+                           f"{attempt} attempts: {exc}").splitlines()[0]
+                    raise ServiceUnavailable(msg) from exc
+                delay = min(self._config.max_backoff_s,
+                            self._config.backoff_s * 2 ** min(attempt - 1, 16))
+                log.warning("Redis write failed (%s), retry %d/%s in %.2fs",
+                            str(exc).splitlines()[0], attempt, limit or "inf", delay)
+                self._sleep(delay)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._client.close()
+
+
+def read_features(client: redis.Redis, prefix: str, view: FeatureView, entities: list[str],
+                  now_ms: int | None = None) -> list[dict[str, Any]]:
+    """Online lookup of ``entities`` in one round trip (pipelined ``HGET … v``).
+
+    Returns one dict per entity, in order: ``view``, ``entity``, ``status``
+    (``ok`` | ``missing``), ``features``, ``window_start``, ``window_end`` (ISO
+    UTC), ``final`` and, when found, ``age_s`` (event-time age: now minus the
+    window end) and ``written_at_ms``. A missing entity is a status, never an error.
+
+    Raises:
+        ServiceUnavailable: Redis did not answer.
+    """
+    now = _wall_ms() if now_ms is None else now_ms
+    try:
+        pipe = client.pipeline(transaction=False)
+        for entity in entities:
+            pipe.hget(f"{prefix}:{view.name}:{entity}", "v")
+        raw = pipe.execute()
+    except RedisError as exc:
+        msg = f"cannot read features from Redis: {exc}".splitlines()[0]
+        raise ServiceUnavailable(msg) from exc
+    out: list[dict[str, Any]] = []
+    for entity, value in zip(entities, raw, strict=True):
+        if value is None:
+            out.append({"view": view.name, "entity": entity, "status": "missing",
+                        "features": None, "window_start": None, "window_end": None,
+                        "final": None})
+            continue
+        doc = orjson.loads(value)
+        out.append({
+            "view": view.name, "entity": entity, "status": "ok",
+            "features": doc["features"], "window_start": doc["window_start"],
+            "window_end": doc["window_end"], "final": doc["final"],
+            "age_s": (now - doc["window_end_ms"]) / 1000, "written_at_ms": doc["written_at_ms"],
+        })
+    return out
+
+
+class _RedisFeaturePartition(StatelessSinkPartition[list[FeatureRow]]):
+    """One worker's writer; each item is one flush's rows."""
+
+    def __init__(self, writer: RedisFeatureWriter) -> None:
+        self._writer = writer
+
+    @override
+    def write_batch(self, items: list[list[FeatureRow]]) -> None:
+        self._writer.write([row for rows in items for row in rows])
+
+    @override
+    def close(self) -> None:
+        self._writer.close()
+
+
+class RedisFeatureSink(DynamicSink[list[FeatureRow]]):
+    """Every worker writes its own feature rows; the Lua guard makes order irrelevant."""
+
+    def __init__(self, config: RedisConfig) -> None:
+        self._config = config
+
+    @override
+    def build(self, step_id: str, worker_index: int,
+              worker_count: int) -> _RedisFeaturePartition:
+        return _RedisFeaturePartition(RedisFeatureWriter(self._config))
