@@ -1,0 +1,1 @@
+"""Helpers for driving the flow's logic without Bytewax or services."""
