@@ -174,7 +174,8 @@ def open_catalog(catalog_uri: str, warehouse: str) -> SqlCatalog:
                 continue
             msg = f"cannot reach Iceberg catalog at {mask_url(catalog_uri)}: {exc}".splitlines()[0]
             raise ServiceUnavailable(msg) from exc
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+    msg = "open_catalog: retry loop ended without a result"  # pragma: no cover
+    raise AssertionError(msg)  # pragma: no cover - the loop returns or raises
 
 
 _INIT_RACE_ATTEMPTS = 5
