@@ -183,8 +183,11 @@ _INIT_RACE_ATTEMPTS = 5
 
 
 def _lost_init_race(exc: BaseException) -> bool:
-    """Whether ``exc`` is another process winning the catalog's CREATE TABLE (or its lock)."""
-    text = str(exc)
-    return "already exists" in text or "database is locked" in text
+    """Whether ``exc`` is another process winning the catalog's CREATE TABLE.
+
+    Only that: a locked or unreachable catalog is an outage, which callers report
+    and retry on their own schedule (``retry_outages``).
+    """
+    return "already exists" in str(exc)
 
 
