@@ -21,6 +21,8 @@ from bytewax.outputs import Sink
 
 from flows.features import FeatureConfig, FeatureShard, route
 from flows.lifecycle import stop_requested
+from flows.profiler import ProfileConfig, Profiler
+from flows.profiles import ProfilePartial, event_partial, feature_partial
 from flows.records import (
     FeatureOutput,
     FeatureRow,
@@ -33,9 +35,17 @@ from flows.records import (
 from flows.validate import Decode, PartitionValidator, ValidationConfig
 from flows.views import FeatureView
 from kappa.metrics import EVENTS_QUARANTINED, EVENTS_VALID, PARTITION_CLOCK
-from sinks.tables import empty_table, event_rows, feature_columns, log_rows, quarantine_rows
+from sinks.tables import (
+    empty_table,
+    event_rows,
+    feature_columns,
+    log_rows,
+    profile_rows,
+    quarantine_rows,
+)
 
-STATEFUL_STEPS: tuple[str, ...] = ("kafka_in", "validate", "features", "iceberg_out", "dlq_out")
+STATEFUL_STEPS: tuple[str, ...] = ("kafka_in", "validate", "features", "profiles", "iceberg_out",
+                                   "dlq_out")
 """Steps that hold recovery state; a test pins this list."""
 
 
@@ -58,6 +68,9 @@ class FlowConfig:
     write_events: bool = True
     """Write ``events`` and ``quarantine`` (a backfill of new views into existing outputs
     writes only the new feature tables)."""
+    profiles: ProfileConfig | None = None
+    """Profile events and features into the ``profiles`` table (``None``: no profiling).
+    Needs ``features.report_progress`` so closed windows are known per shard."""
 
     def __post_init__(self) -> None:
         if self.shards < 1:
@@ -65,6 +78,9 @@ class FlowConfig:
             raise ValueError(msg)
         if not self.views:
             msg = "at least one feature view is required"
+            raise ValueError(msg)
+        if self.profiles is not None and not self.features.report_progress:
+            msg = "profiling needs FeatureConfig(report_progress=True)"
             raise ValueError(msg)
 
 
@@ -142,6 +158,28 @@ class _FeatureLogic(StatefulBatchLogic[ShardBatch, FeatureOutput, bytes | None])
 
     def snapshot(self) -> bytes | None:
         return self._shard.snapshot() if self._recovery else None
+
+
+class _ProfileLogic(StatefulBatchLogic[ProfilePartial, list[dict[str, Any]], bytes | None]):
+    def __init__(self, profiler: Profiler, finalize_at_end: bool, recovery: bool) -> None:
+        self._profiler = profiler
+        self._finalize = finalize_at_end
+        self._recovery = recovery
+
+    def on_batch(self, values: list[ProfilePartial]) -> tuple[list[list[dict[str, Any]]], bool]:
+        rows: list[dict[str, Any]] = []
+        for partial in values:
+            rows.extend(self._profiler.add(partial))
+        return ([rows] if rows else []), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[list[dict[str, Any]]], bool]:
+        if stop_requested() or not self._finalize:
+            return [], StatefulBatchLogic.RETAIN
+        rows = self._profiler.close_all()
+        return ([rows] if rows else []), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes | None:
+        return self._profiler.snapshot() if self._recovery else None
 
 
 def _now() -> float:
@@ -233,6 +271,30 @@ def build_flow(config: FlowConfig, source: Source[RawBatch], sinks: FlowSinks,
     op.output("redis_out", online, sinks.redis)
     iceberg_streams.append(op.flat_map("history_rows", features,
                                        lambda o: _history_tables(o, by_view)))
+    if config.profiles is not None:
+        iceberg_streams.append(_profile_stream(config, config.profiles, validated, features))
 
     op.output("iceberg_out", op.merge("iceberg_rows", *iceberg_streams), sinks.iceberg)
     return flow
+
+
+def _profile_stream(config: FlowConfig, profiles: ProfileConfig, validated: Any,
+                    features: Any) -> Any:
+    """Profile partials of every poll and every shard close → ``profiles`` table rows."""
+    by_view = {v.name: v for v in config.views}
+    window_ms = profiles.window_ms
+    lateness_ms = config.validation.allowed_lateness_ms
+    from_events = op.map("event_profiles", validated,
+                         lambda v: event_partial(v, window_ms, lateness_ms))
+    from_features = op.filter_map("feature_profiles", features,
+                                  lambda o: feature_partial(o, by_view, config.shards, window_ms))
+    keyed = op.key_on("key_profiles", op.merge("profile_partials", from_events, from_features),
+                      lambda _: "profiles")
+
+    def build_profiler(state: bytes | None) -> _ProfileLogic:
+        return _ProfileLogic(Profiler(profiles, state), config.features.finalize_at_end,
+                             config.recovery)
+
+    rows = op.key_rm("profile_outputs", op.stateful_batch("profiles", keyed, build_profiler))
+    return op.map("profile_rows", rows, lambda r: ("profiles", TableRows(profile_rows(r))))
+

@@ -37,6 +37,9 @@ class FeatureConfig:
     """Live runs flush open windows to Redis (``final: false``); bounded runs emit finals only."""
     finalize_at_end: bool = True
     """The end of a bounded input closes every window (False: keep them for a continuation)."""
+    report_progress: bool = False
+    """Emit an (empty) output whenever the close clock advances, so the profiler
+    knows how far every shard has closed even when no window closed."""
 
     def __post_init__(self) -> None:
         if self.allowed_lateness_ms < 0:
@@ -171,9 +174,11 @@ class FeatureShard:
             OPEN_WINDOWS.labels(name, self.shard).set(state.open_count())
         if until_ms is None:
             self.watermark = END_OF_INPUT
-        if not online and not history:
+        closed_until = END_OF_INPUT if until_ms is None else until_ms
+        if not online and not history and not self.config.report_progress:
             return None
-        return FeatureOutput(online=online, history=history)
+        return FeatureOutput(online=online, history=history, shard=self.shard,
+                             closed_until=closed_until)
 
     def flush(self) -> FeatureOutput | None:
         """Running aggregates of open windows touched since the last flush (``final: false``)."""
@@ -200,4 +205,4 @@ class FeatureShard:
                     last_ingest_ms=spec.last_ingest(agg)))
             dirty.clear()
             WINDOWS_EMITTED.labels(view.name, "false").inc(len(online) - before)
-        return FeatureOutput(online=online) if online else None
+        return FeatureOutput(online=online, shard=self.shard) if online else None

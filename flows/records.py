@@ -56,6 +56,8 @@ class Quarantined:
     reason: str
     detail: str
     schema_id: int | None = None
+    clock_ms: int = 0
+    """The partition's ingest clock at this record (what lateness was judged against)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,10 @@ class FeatureOutput:
     """Rows for Redis: each entity's current online window, open or final."""
     history: list[HistoryBatch] = field(default_factory=list)
     """Final windows with at least one counted event, for Iceberg, per view."""
+    shard: str = "0"
+    closed_until: int | None = None
+    """The close clock this output made final (``None``: an online flush); set even
+    when nothing closed, so downstream steps learn every shard's progress."""
 
 
 @dataclass(frozen=True, slots=True)

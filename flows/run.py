@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax._bytewax import cli_main
@@ -21,6 +21,8 @@ from prometheus_client import REGISTRY
 from flows import health, lifecycle
 from flows.dataflow import STATEFUL_STEPS, FlowConfig, FlowSinks, build_flow
 from flows.features import FeatureConfig
+from flows.profiler import ProfileConfig
+from flows.profiles import finality_delay_ms
 from flows.records import RawBatch
 from flows.recovery import FLOW_FILE, RecoveryStore, flow_definition
 from flows.source import KafkaBatchSource, SourceConfig, list_partitions, reached_offsets
@@ -61,10 +63,45 @@ class RunOptions:
 
 
 def base_tables(views: tuple[FeatureView, ...], archive_log: bool = True,
-                write_events: bool = True) -> list[str]:
+                write_events: bool = True, profiles: bool = False) -> list[str]:
     """Every Iceberg table a run writes."""
-    names = [*(["events", "quarantine"] if write_events else []), *(v.table for v in views)]
+    names = [*(["events", "quarantine"] if write_events else []),
+             *(["profiles"] if profiles and write_events else []), *(v.table for v in views)]
     return (["log"] if archive_log else []) + names
+
+
+def profile_config(settings: Settings, views: tuple[FeatureView, ...]) -> ProfileConfig:
+    """The profiler's settings (``KAPPA_PROFILE_*``, ``KAPPA_DRIFT_*``)."""
+    window_ms = settings.profile_window_s * 1000
+    pinned = _pinned_reference(settings.drift_reference, window_ms)
+    return ProfileConfig(window_ms=window_ms,
+                         allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
+                         shards=settings.shards,
+                         view_delays_ms=tuple((v.name, finality_delay_ms(v)) for v in views),
+                         reference_windows=settings.drift_reference_windows,
+                         pinned_reference_ms=pinned)
+
+
+def _pinned_reference(text: str, window_ms: int) -> int | None:
+    """``trailing`` → None; epoch ms or ISO-8601 → the start of that profile window."""
+    value = text.strip()
+    if value.lower() == "trailing":
+        return None
+    try:
+        if value.lstrip("-").isdigit():
+            ms = int(value)
+        else:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+            ms = int(moment.timestamp() * 1000)
+    except ValueError:
+        msg = f"KAPPA_DRIFT_REFERENCE must be 'trailing', epoch ms or ISO-8601, got {text!r}"
+        raise ConfigError(msg) from None
+    if ms % window_ms:
+        msg = (f"KAPPA_DRIFT_REFERENCE {text!r} is not the start of a "
+               f"{window_ms // 1000} s profile window")
+        raise ConfigError(msg)
+    return ms
 
 
 def prepare(settings: Settings, options: RunOptions) -> tuple[Dataflow, dict[str, Any]]:
@@ -83,6 +120,7 @@ def prepare(settings: Settings, options: RunOptions) -> tuple[Dataflow, dict[str
 
     live = not options.bounded
     lateness_ms = int(settings.allowed_lateness_s * 1000)
+    profiles = settings.profiles and options.write_events
     config = FlowConfig(
         name=f"kappa_{settings.topic}".replace(".", "_").replace("-", "_"),
         topic=settings.topic,
@@ -95,14 +133,15 @@ def prepare(settings: Settings, options: RunOptions) -> tuple[Dataflow, dict[str
             live=live,
         ),
         features=FeatureConfig(allowed_lateness_ms=lateness_ms, live=live,
-                               finalize_at_end=options.finalize),
+                               finalize_at_end=options.finalize, report_progress=profiles),
         shards=settings.shards,
         flush_interval_s=settings.flush_interval_s,
         archive_log=options.archive_log,
-        tables=tuple(base_tables(options.views, options.archive_log, options.write_events))
-        if live else (),
+        tables=tuple(base_tables(options.views, options.archive_log, options.write_events,
+                                 profiles)) if live else (),
         recovery=options.recovery,
         write_events=options.write_events,
+        profiles=profile_config(settings, options.views) if profiles else None,
     )
     source = options.source or KafkaBatchSource(SourceConfig(
         kafka=kafka, topic=settings.topic, bounded=options.bounded,
@@ -111,7 +150,7 @@ def prepare(settings: Settings, options: RunOptions) -> tuple[Dataflow, dict[str
     ))
     sinks = FlowSinks(
         iceberg=IcebergSink(iceberg, base_tables(options.views, options.archive_log,
-                                                 options.write_events), options.views),
+                                                 options.write_events, profiles), options.views),
         redis=RedisFeatureSink(RedisConfig.for_views(url=settings.require_redis(),
                                                      views=options.views,
                                                      prefix=settings.redis_prefix,

@@ -139,36 +139,39 @@ class PartitionValidator:
             ts_rec = rec.timestamp_ms
             if clock is None or ts_rec > clock:
                 clock = ts_rec
+            reference = clock if idle is None or idle < clock else idle
             if record_size(rec) > limit:
-                bad.append(Quarantined(rec, "oversize", f"{record_size(rec)} bytes > {limit}"))
+                bad.append(Quarantined(rec, "oversize", f"{record_size(rec)} bytes > {limit}",
+                                       clock_ms=reference))
                 continue
             try:
                 event, schema_id = decode(rec.value or b"")
             except Exception as exc:  # DecodeError carries reason/schema_id; anything else
                 reason = getattr(exc, "reason", "undecodable")
                 bad.append(Quarantined(rec, reason, str(exc)[:500],
-                                       getattr(exc, "schema_id", None)))
+                                       getattr(exc, "schema_id", None), clock_ms=reference))
                 continue
             problem = check_fields(event)
             if problem is not None:
-                bad.append(Quarantined(rec, problem[0], problem[1], schema_id))
+                bad.append(Quarantined(rec, problem[0], problem[1], schema_id,
+                                       clock_ms=reference))
                 continue
             ts = event["ts"]
             if ts > ts_rec + future:
                 bad.append(Quarantined(rec, "future_timestamp",
-                                       f"ts is {(ts - ts_rec) / 1000:.0f}s after ingest", schema_id))
+                                       f"ts is {(ts - ts_rec) / 1000:.0f}s after ingest", schema_id,
+                                       clock_ms=reference))
                 continue
-            reference = clock if idle is None or idle < clock else idle
             if ts < reference - lateness:
                 bad.append(Quarantined(rec, "late",
                                        f"ts is {(reference - ts) / 1000:.0f}s before ingest clock",
-                                       schema_id))
+                                       schema_id, clock_ms=reference))
                 continue
             eid = event["event_id"]
             prev = seen.get(eid)
             if prev is not None and abs(ts - prev) <= horizon:
                 bad.append(Quarantined(rec, "duplicate", f"event_id {eid} already counted",
-                                       schema_id))
+                                       schema_id, clock_ms=reference))
                 continue
             seen[eid] = ts
             event["topic"] = rec.topic

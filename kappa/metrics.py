@@ -51,6 +51,21 @@ MAINTENANCE_EFFECT = Counter(
 MAINTENANCE_ERRORS = Counter("kappa_iceberg_maintenance_errors",
                              "Maintenance runs that failed (retried at the next interval).", ["table"])
 
+PROFILE_STAT = Gauge("kappa_profile_stat",
+                     "Statistic of a field in the last closed profile window "
+                     "(count, null_rate, mean, stddev, p50, p99).", ["scope", "field", "stat"])
+QUALITY = Gauge("kappa_quality_ratio",
+                "Quality dimension of the last closed profile window: completeness, validity, "
+                "uniqueness, timeliness (shares of consumed records, 1 is best).", ["dimension"])
+DRIFT_PSI = Gauge("kappa_drift_psi",
+                  "Population stability index of a numeric field's last closed profile window "
+                  "against its reference (> 0.25: drifted).", ["scope", "field"])
+PROFILE_WINDOWS = Counter("kappa_profile_windows_closed", "Profile windows closed.", ["scope"])
+PROFILE_STRAGGLERS = Counter(
+    "kappa_profile_stragglers",
+    "Profile contributions that arrived for an already closed window (counted, not profiled).",
+    ["scope"])
+
 
 def serve_metrics(port: int) -> None:
     """Expose ``/metrics`` on ``port`` (0 disables); called once per process."""

@@ -128,6 +128,13 @@ class Settings:
     compact_files_over: int = 16
     target_file_bytes: int = 128 * 1024 * 1024
     orphan_age_s: float = 3600.0
+    profiles: bool = True
+    """Data profiles, quality dimensions and drift inside the flow (``KAPPA_PROFILES``)."""
+    profile_window_s: int = 300
+    drift_reference: str = "trailing"
+    """``trailing`` (the last ``drift_reference_windows`` windows) or the start of one
+    pinned reference window (ISO-8601 or epoch ms; ``KAPPA_DRIFT_REFERENCE``)."""
+    drift_reference_windows: int = 288
 
     def __post_init__(self) -> None:
         if not self.topic or any(c.isspace() for c in self.topic):
@@ -271,6 +278,10 @@ class Settings:
             target_file_bytes=_int(env, "KAPPA_TARGET_FILE_BYTES", 128 * 1024 * 1024,
                                    minimum=1024),
             orphan_age_s=_float(env, "KAPPA_ORPHAN_AGE_S", 3600.0),
+            profiles=_bool(env, "KAPPA_PROFILES", True),
+            profile_window_s=_int(env, "KAPPA_PROFILE_WINDOW_S", 300, minimum=1),
+            drift_reference=env.get("KAPPA_DRIFT_REFERENCE") or "trailing",
+            drift_reference_windows=_int(env, "KAPPA_DRIFT_REFERENCE_WINDOWS", 288, minimum=1),
         )
 
 

@@ -34,7 +34,9 @@ from sinks.ledger import (
     Coverage,
     drop_closed_windows,
     drop_committed_offsets,
+    drop_profiled_windows,
     offsets_of,
+    profile_coverage,
     read_coverage,
 )
 from sinks.maintenance import Maintainer
@@ -69,7 +71,10 @@ class _IcebergTablePartition(StatefulSinkPartition[TableRows, None]):
         for item in values:
             rows = item.rows
             if rows.num_rows:
-                if self._view is None:
+                if self._writer.name == "profiles":
+                    rows = drop_profiled_windows(rows, self._committed.closed)
+                    self._pending.merge(Coverage(closed=profile_coverage(rows)))
+                elif self._view is None:
                     rows = drop_committed_offsets(rows, self._committed.offsets)
                     self._pending.merge(Coverage(offsets=offsets_of(rows)))
                 else:

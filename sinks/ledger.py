@@ -14,7 +14,9 @@ Coverage has two parts:
 * ``closed`` — per feature shard, the highest *close clock* committed. A
   feature shard closes windows in clock order, and a window is final with the
   same content whichever run closes it, so every window whose close point is at
-  or below the committed clock is already in the table.
+  or below the committed clock is already in the table. The ``profiles`` table
+  uses it too, keyed ``profile:<scope>``: the profiler closes a scope's windows
+  in end order, so its highest committed ``window_end`` covers all before it.
 """
 
 from __future__ import annotations
@@ -127,3 +129,35 @@ def drop_closed_windows(view: FeatureView, rows: pa.Table, shard: str,
     if until is None or rows.num_rows == 0:
         return rows
     return rows.filter(pc.greater(close_points(view, rows), until))
+
+
+PROFILE_KEY = "profile:"
+
+
+def _profile_ends(rows: pa.Table) -> pa.Array:
+    return pc.divide(pc.cast(rows["window_end"], pa.int64()), 1000)  # µs -> ms
+
+
+def profile_coverage(rows: pa.Table) -> dict[str, int]:
+    """Highest ``window_end`` (ms) per profile scope in ``rows``."""
+    if rows.num_rows == 0:
+        return {}
+    grouped = pa.table({"scope": rows["scope"], "end": _profile_ends(rows)}).group_by(
+        "scope").aggregate([("end", "max")])
+    return {PROFILE_KEY + s: int(e) for s, e in zip(grouped["scope"].to_pylist(),
+                                                  grouped["end_max"].to_pylist(), strict=True)}
+
+
+def drop_profiled_windows(rows: pa.Table, committed: dict[str, int]) -> pa.Table:
+    """Profile rows whose scope's committed ``window_end`` does not cover them yet."""
+    covered = {k[len(PROFILE_KEY):]: v for k, v in committed.items() if k.startswith(PROFILE_KEY)}
+    if not covered or rows.num_rows == 0:
+        return rows
+    ends = _profile_ends(rows)
+    keep = None
+    for scope, until in covered.items():
+        done = pc.and_(pc.equal(rows["scope"], scope), pc.less_equal(ends, until))
+        keep = done if keep is None else pc.or_(keep, done)
+    assert keep is not None
+    return rows.filter(pc.invert(keep))
+

@@ -48,7 +48,7 @@ from kappa.errors import ConfigError, SchemaError
 READER_SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "user_event_v2.avsc"
 """The Avro reader schema the ``events`` table mirrors."""
 
-FIXED_TABLES = ("log", "events", "quarantine")
+FIXED_TABLES = ("log", "events", "quarantine", "profiles")
 FEATURES_PREFIX = "features_"
 _PARTITION_FIELD_ID = 1000
 _TS = pa.timestamp("us", tz="UTC")
@@ -182,6 +182,51 @@ def quarantine_schema() -> Schema:
     )
 
 
+# ---------------------------------------------------------------------- profiles
+PROFILE_COLUMNS: tuple[tuple[str, IcebergType, bool], ...] = (
+    ("scope", StringType(), True),        # "events" or a view name
+    ("field", StringType(), True),        # a field, a feature, or "_quality"
+    ("count", LongType(), True),
+    ("nulls", LongType(), False),
+    ("null_rate", DoubleType(), False),
+    ("min", DoubleType(), False),
+    ("max", DoubleType(), False),
+    ("mean", DoubleType(), False),
+    ("stddev", DoubleType(), False),
+    ("p50", DoubleType(), False),
+    ("p90", DoubleType(), False),
+    ("p99", DoubleType(), False),
+    ("top", StringType(), False),         # JSON [[value, count], ...], most frequent first
+    ("sketch", StringType(), False),      # JSON {bucket code: count} (flows.sketch)
+    ("psi", DoubleType(), False),         # drift against the reference
+    ("consumed", LongType(), False),      # the quality row's columns from here on
+    ("valid", LongType(), False),
+    ("completeness", DoubleType(), False),
+    ("validity", DoubleType(), False),
+    ("uniqueness", DoubleType(), False),
+    ("timeliness", DoubleType(), False),
+    ("reasons", StringType(), False),     # JSON {reason: count}
+)
+
+
+@functools.cache
+def profiles_schema() -> Schema:
+    """``profiles``: one row per closed profile window, scope and field (``flows.profiler``)."""
+    fields = [NestedField(1, "window_start", TimestamptzType(), required=True),
+              NestedField(2, "window_end", TimestamptzType(), required=True)]
+    for i, (name, ice_type, required) in enumerate(PROFILE_COLUMNS, start=3):
+        fields.append(NestedField(i, name, ice_type, required=required))
+    return Schema(*fields)
+
+
+def profile_rows(rows: list[dict[str, Any]]) -> pa.Table:
+    """Profiler rows (dicts, epoch-ms windows) → rows of ``profiles``."""
+    columns: list[pa.Array | list[Any]] = [_ms_to_ts([r["window_start"] for r in rows]),
+                                           _ms_to_ts([r["window_end"] for r in rows])]
+    columns.extend([r.get(name) for r in rows] for name, _, _ in PROFILE_COLUMNS)
+    return _table(_fixed_arrow("profiles"), columns)
+
+
 # ---------------------------------------------------------------------- features
 @functools.cache
 def features_schema(view: FeatureView) -> Schema:
@@ -215,6 +260,8 @@ def table_spec(name: str,
         return events_schema(), _day_spec(events_schema(), "ts")
     if name == "quarantine":
         return quarantine_schema(), _day_spec(quarantine_schema(), "ingest_ts")
+    if name == "profiles":
+        return profiles_schema(), _day_spec(profiles_schema(), "window_start")
     view = view_for_table(name, views)
     schema = features_schema(view)
     return schema, _day_spec(schema, "window_start")

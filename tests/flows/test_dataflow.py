@@ -8,6 +8,7 @@ import pyarrow as pa
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from flows.dataflow import STATEFUL_STEPS, FlowConfig, FlowSinks, build_flow
+from flows.profiler import ProfileConfig
 from flows.features import FeatureConfig
 from flows.records import FeatureRow, Quarantined, RawBatch, RawRecord
 from flows.validate import ValidationConfig
@@ -23,7 +24,8 @@ def make_flow(batches: list[RawBatch], live: bool = False) -> tuple[Any, dict[st
     out: dict[str, list[Any]] = {"iceberg": [], "redis": [], "dlq": []}
     config = FlowConfig(name="t", topic="t", views=DEFAULT_VIEWS,
                         validation=ValidationConfig(live=live),
-                        features=FeatureConfig(live=live), shards=3)
+                        features=FeatureConfig(live=live, report_progress=True), shards=3,
+                        profiles=ProfileConfig(shards=3))
     sinks = FlowSinks(iceberg=TestingSink(out["iceberg"]), redis=TestingSink(out["redis"]),
                       dlq=TestingSink(out["dlq"]))
     return build_flow(config, TestingSource(batches), sinks, lambda: Decoder(REG).decode), out
@@ -39,7 +41,8 @@ def test_stateful_step_ids_are_pinned() -> None:
     """Renaming these orphans recovery state: change them only with a migration."""
     flow, _ = make_flow([])
     ids = {step.step_id.split(".", 1)[1] for step in flow.substeps}
-    assert STATEFUL_STEPS == ("kafka_in", "validate", "features", "iceberg_out", "dlq_out")
+    assert STATEFUL_STEPS == ("kafka_in", "validate", "features", "profiles", "iceberg_out",
+                              "dlq_out")
     for step in STATEFUL_STEPS:
         assert step in ids
     assert {"iceberg_out", "redis_out", "dlq_out"} <= ids
@@ -64,6 +67,10 @@ def test_bounded_flow_routes_everything_and_closes_all_windows() -> None:
     assert tables["features_user_activity_1m"] == 2
     assert tables["features_user_session"] == 2
     assert tables["features_item_popularity_5m"] == 3
+    profiles = pa.concat_tables([item.rows for name, item in out["iceberg"] if name == "profiles"])
+    quality = profiles.filter(pa.compute.equal(profiles["field"], "_quality")).to_pylist()
+    assert sum(r["consumed"] for r in quality) == 9 and sum(r["valid"] for r in quality) == 8
+    assert {r["scope"] for r in profiles.to_pylist()} == {"events", *(v.name for v in DEFAULT_VIEWS)}
     dlq: list[Quarantined] = [q for key, batch in out["dlq"] for q in batch
                               if key == str(q.record.partition)]
     assert [q.reason for q in dlq] == ["undecodable"]
