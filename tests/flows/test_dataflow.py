@@ -8,8 +8,8 @@ import pyarrow as pa
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from flows.dataflow import STATEFUL_STEPS, FlowConfig, FlowSinks, build_flow
-from flows.profiler import ProfileConfig
 from flows.features import FeatureConfig
+from flows.profiler import ProfileConfig
 from flows.records import FeatureRow, Quarantined, RawBatch, RawRecord
 from flows.validate import ValidationConfig
 from flows.views import DEFAULT_VIEWS
