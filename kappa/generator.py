@@ -109,6 +109,9 @@ class GeneratorConfig:
         events_per_sim_second: Simulated ingest rate (Poisson arrivals).
         max_out_of_order_s: Good events' ts trail ingest time by up to this.
         allowed_lateness_s: The flow's lateness setting the workload respects.
+        amount_scale: Multiplies amounts of events ingested at or after ``scale_from_ms``:
+            an injected producer bug (valid Avro, wrong values) for drift tests and demos.
+        scale_from_ms: Simulated ingest time the scale applies from (default: never).
     """
 
     events: int
@@ -123,6 +126,8 @@ class GeneratorConfig:
     events_per_sim_second: float = 200.0
     max_out_of_order_s: float = 30.0
     allowed_lateness_s: float = 60.0
+    amount_scale: float = 1.0
+    scale_from_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.events < 0 or self.users < 1 or self.items < 1:
@@ -134,6 +139,9 @@ class GeneratorConfig:
             raise ConfigError(msg)
         if self.schema_version not in (1, 2):
             msg = f"schema version must be 1 or 2, got {self.schema_version}"
+            raise ConfigError(msg)
+        if self.amount_scale <= 0:
+            msg = "amount scale must be > 0"
             raise ConfigError(msg)
         if self.events_per_sim_second <= 0:
             msg = "events per simulated second must be > 0"
@@ -176,6 +184,8 @@ class _Workload:
         self.sessions: dict[str, list[Any]] = {}
         self.ooo_ms = int(config.max_out_of_order_s * 1000)
         self.lateness_ms = int(config.allowed_lateness_s * 1000)
+        self.now_ms = 0
+        """Simulated ingest time of the record being generated."""
 
     def uuid(self) -> str:
         """A version-4 UUID string from the seeded RNG (same bits as ``uuid.UUID(version=4)``)."""
@@ -188,7 +198,11 @@ class _Workload:
         return ids[bisect.bisect_left(cum, self.rng.random() * cum[-1])]
 
     def amount(self) -> float:
-        return round(min(max(self.rng.lognormvariate(3.2, 0.9), 0.5), 5000.0), 2)
+        value = round(min(max(self.rng.lognormvariate(3.2, 0.9), 0.5), 5000.0), 2)
+        frm = self.c.scale_from_ms
+        if frm is not None and self.now_ms >= frm:
+            value = round(value * self.c.amount_scale, 2)
+        return value
 
     def event(self, rec_ts: int, *, counted: bool) -> dict[str, Any]:
         """A valid event ingested at ``rec_ts``; only counted events advance sessions."""
@@ -269,6 +283,7 @@ class _Workload:
         while emitted < c.events:
             clock += rng.expovariate(1.0) * mean_gap_ms
             rec_ts = start + int(clock)
+            self.now_ms = rec_ts
             while pending and pending[0][0] <= rec_ts:
                 _, _, key, value, ts = heapq.heappop(pending)
                 if rec_ts - ts <= self.lateness_ms:

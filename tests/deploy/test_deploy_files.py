@@ -185,6 +185,8 @@ def test_alert_rules_cover_the_required_conditions() -> None:
         "KappaFreshnessP99High"]
     assert "kappa_sink_errors_total" in exprs["KappaSinkErrors"]
     assert 'up{job="kappa-flow"} == 0' in exprs["KappaFlowDown"]
+    assert "kappa_drift_psi" in exprs["KappaFeatureDrift"] and "> 0.25" in exprs["KappaFeatureDrift"]
+    assert "kappa_quality_ratio" in exprs["KappaDataQualityLow"]
 
 
 def test_grafana_provisioning_points_at_the_dashboard() -> None:
