@@ -108,6 +108,22 @@ def test_full_replay_equals_live(world: dict) -> None:
         assert features(settings, "kappa_v2", view) == features(settings, "kappa", view), view.name
     assert redis_docs(settings.require_redis(), "kappa@v2") == redis_docs(
         settings.require_redis(), "kappa")
+    # Data profiles and quality dimensions replay too (mean/stddev/psi up to float rounding).
+    live, replayed = profile_rows(settings, "kappa"), profile_rows(settings, "kappa_v2")
+    assert live and len(replayed) == len(live)
+    loose = ("mean", "stddev", "psi")
+    for a, b in zip(live, replayed, strict=True):
+        assert {k: v for k, v in a.items() if k not in loose} == {
+            k: v for k, v in b.items() if k not in loose}
+        assert all(a[k] == b[k] or abs(a[k] - b[k]) <= 1e-9 * max(1.0, abs(a[k])) for k in loose
+                   if a[k] is not None), a
+
+
+def profile_rows(settings: Settings, namespace: str) -> list[dict[str, Any]]:
+    table = open_catalog(settings.catalog_uri, settings.warehouse).load_table(
+        f"{namespace}.profiles")
+    return sorted(table.scan().to_arrow().to_pylist(),
+                  key=lambda r: (r["window_start"], r["scope"], r["field"]))
 
 
 def test_sub_range_replay_equals_live_inside_the_range(world: dict) -> None:
