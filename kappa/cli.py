@@ -74,6 +74,7 @@ def _generator_config(args: argparse.Namespace, lateness_s: float) -> Any:
         schema_version=args.schema_version, start_ms=start_ms,
         events_per_sim_second=per_second, allowed_lateness_s=lateness_s,
         max_out_of_order_s=min(30.0, lateness_s / 2),
+        amount_scale=args.amount_scale, scale_from_ms=args.scale_from_ms,
     )
 
 
@@ -243,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulated ingest time of the first record (epoch ms)")
     p.add_argument("--sim-rate", type=float, default=None,
                    help="simulated ingest events/s (default: users/20); ignored with --rate")
+    p.add_argument("--amount-scale", type=float, default=1.0,
+                   help="multiply amounts from --scale-from-ms on (inject drift, e.g. 0.5)")
+    p.add_argument("--scale-from-ms", type=int, default=None,
+                   help="simulated ingest time (epoch ms) the amount scale starts at")
     p.add_argument("--topic", default=None)
     p.add_argument("--no-progress", action="store_true")
 
@@ -309,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.commands import add_commands
 
     add_commands(sub, add)
+    from kappa.quarantine_cli import add_commands as add_quarantine_commands
+
+    add_quarantine_commands(sub, add)
+    from kappa.quality_cli import add_commands as add_quality_commands
+
+    add_quality_commands(sub, add)
     return parser
 
 
