@@ -96,12 +96,11 @@ def numeric_stats(values: pa.Array) -> FieldStats:
     n = len(finite)
     stats = FieldStats(count=len(values), nulls=len(values) - n, n=n)
     if n:
-        mean = pc.mean(finite).as_py()
-        stats.mean = mean
-        stats.m2 = pc.sum(pc.power(pc.subtract(finite, mean), 2)).as_py()
+        stats.mean = pc.mean(finite).as_py()
+        stats.m2 = pc.variance(finite, ddof=0).as_py() * n
         bounds = pc.min_max(finite)
         stats.minimum, stats.maximum = bounds["min"].as_py(), bounds["max"].as_py()
-        stats.buckets = count_buckets(finite)
+        stats.buckets = count_buckets(finite, finite=True)
     return stats
 
 

@@ -70,19 +70,29 @@ def ensure_topics(settings: Settings) -> dict[str, int]:
         if name not in existing
     ]
     if missing:
-        futures = admin.create_topics(missing, operation_timeout=_TIMEOUT_S)
-        for name, future in futures.items():
-            try:
-                future.result(timeout=_TIMEOUT_S * 2)
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                    continue
-                msg = f"cannot create topic {name}: {error.str() if error else exc}"
-                raise KappaError(msg) from exc
-            except TimeoutError as exc:
-                raise _unreachable(settings, exc) from exc
+        try:
+            create_topics(admin, missing)
+        except TimeoutError as exc:
+            raise _unreachable(settings, exc) from exc
     return _partition_counts(admin, settings, wanted)
+
+
+def create_topics(admin: AdminClient, topics: list[NewTopic], timeout_s: float = _TIMEOUT_S) -> None:
+    """Create ``topics``; one that exists already (another creator won) is fine.
+
+    Raises:
+        KappaError: The broker refused to create a topic.
+        TimeoutError: The broker did not answer in time.
+    """
+    for name, future in admin.create_topics(topics, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s * 2)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            msg = f"cannot create topic {name}: {error.str() if error else exc}"
+            raise KappaError(msg) from exc
 
 
 def _partition_counts(admin: AdminClient, settings: Settings, names: list[str]) -> dict[str, int]:

@@ -55,6 +55,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kappa.errors import ConfigError, KappaError, ServiceUnavailable, TerminalError
+from kappa.produce import create_topics
 from sinks.dlq_reader import (
     REDRIVE_OF,
     TIMEOUT_S,
@@ -213,15 +214,11 @@ class Ledger:
         admin = AdminClient(quiet(self.kafka))
         new = NewTopic(name, num_partitions=1, replication_factor=-1,
                        config={"cleanup.policy": "compact"})
-        for future in admin.create_topics([new], operation_timeout=TIMEOUT_S).values():
-            try:
-                future.result(timeout=2 * TIMEOUT_S)
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                    continue
-                msg = f"cannot create ledger topic {name}: {error.str() if error else exc}"
-                raise KappaError(msg) from exc
+        try:
+            create_topics(admin, [new], TIMEOUT_S)
+        except TimeoutError as exc:
+            msg = f"cannot create ledger topic {name}: the broker did not answer"
+            raise ServiceUnavailable(msg) from exc
         deadline = time.monotonic() + TIMEOUT_S
         while not topic_partitions(self.kafka, name, required=False):
             if time.monotonic() > deadline:
