@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis promtool postgres deploy-check test demo lint clean bench-serving
+.PHONY: venv redis promtool postgres deploy-check test demo lint clean bench bench-serving
 
 venv: $(STAMP)
 
@@ -60,6 +60,11 @@ test: venv redis promtool postgres
 
 demo: venv redis
 	$(BIN)/kappa demo
+
+# The performance harness (not a test): 1M events through every measurement, ~15 min.
+# Writes bench/results/latest.{json,md,png}. BENCH_ARGS="--events 100000" for a quick look.
+bench: venv redis
+	$(BIN)/python -m bench.harness $(BENCH_ARGS)
 
 bench-serving: venv redis
 	$(BIN)/python -m bench.serving

@@ -1,0 +1,105 @@
+"""Freshness under load: ingest → visible in Redis while producing at a steady rate.
+
+A live ``kappa run`` (its own topic and outputs, recovery off) with ``/metrics``
+on a free port; ``kappa produce --rate R`` writes for ``seconds`` with record
+timestamps on the wall clock; then the flow drains and the
+``kappa_freshness_seconds`` histogram (observed by the Redis sink per written
+entity: write done minus the newest record timestamp in the window) is read.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.stack import cli_env
+from kappa.procs import free_port
+from kappa.produce import ensure_topics
+from kappa.settings import Settings
+
+
+def _scrape(port: int) -> dict[str, Any]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    buckets: list[tuple[float, float]] = []
+    consumed = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "kappa_freshness_seconds_bucket":
+                buckets.append((float(s.labels["le"]), s.value))
+            elif s.name == "kappa_events_consumed_total":
+                consumed += s.value
+    return {"buckets": sorted(buckets), "consumed": consumed}
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus' ``histogram_quantile``: linear inside the bucket holding rank q."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound  # beyond the last finite bucket: a lower bound
+            width = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / width if width else 1)
+        lower_bound, lower_count = bound, count
+    return None
+
+
+def measure_freshness(settings: Settings, rate: int = 20_000, seconds: int = 60) -> dict[str, Any]:
+    """Produce ``rate`` events/s for ``seconds`` into a live run; freshness p50/p99 and lag."""
+    target = replace(settings, topic=f"{settings.topic}_fresh", namespace="fresh",
+                     redis_prefix="fresh")
+    ensure_topics(target)
+    port = free_port()
+    env = cli_env(target, KAPPA_METRICS_PORT=str(port), KAPPA_RECOVERY="0",
+                  KAPPA_NAMESPACE="fresh", KAPPA_REDIS_PREFIX="fresh")
+    live = subprocess.Popen([sys.executable, "-m", "kappa.cli", "run"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                _scrape(port)
+                break
+            except OSError:
+                if live.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"live run did not start: {live.stderr.read().decode()[-2000:]}"
+                                     if live.stderr else "live run did not start") from None
+                time.sleep(0.5)
+        events = rate * seconds
+        produced = subprocess.run(
+            [sys.executable, "-m", "kappa.cli", "produce", "--events", str(events), "--rate",
+             str(rate), "--users", "100000", "--items", "10000", "--seed", "2", "--no-progress"],
+            env=env, capture_output=True, check=True)
+        summary = orjson.loads(produced.stdout)
+        done_at = time.monotonic()
+        drained = False
+        while time.monotonic() < done_at + 120:
+            if _scrape(port)["consumed"] >= events:
+                drained = True
+                break
+            time.sleep(0.5)
+        drain_s = time.monotonic() - done_at
+        time.sleep(2.0)  # the last flush interval
+        buckets = _scrape(port)["buckets"]
+    finally:
+        live.send_signal(signal.SIGTERM)
+        try:
+            live.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            live.kill()
+    return {"target_rate": rate, "seconds": seconds,
+            "produced_events_per_s": summary.get("events_per_s"),
+            "drained": drained, "drain_after_produce_s": round(drain_s, 2),
+            "observations": buckets[-1][1] if buckets else 0,
+            "p50_s": histogram_quantile(0.5, buckets), "p99_s": histogram_quantile(0.99, buckets)}
