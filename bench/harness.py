@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,12 +76,15 @@ def _flow_result(measured: dict[str, Any], events: int) -> dict[str, Any]:
             "peak_rss_mb": measured["peak_rss_mb"]}
 
 
-def measure_all(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """Produce once, then every step not skipped, in the order of ``STEPS``."""
+def measure_all(settings: Settings, args: argparse.Namespace,
+                results: dict[str, Any]) -> dict[str, Any]:
+    """Produce once, then every step not skipped, in the order of ``STEPS``.
+
+    Fills ``results`` as it goes, so an interrupted run still reports what it measured.
+    """
     skip = set(args.skip.split(",")) if args.skip else set()
     produced = produce_workload(settings, args.events, args.users, args.items)
-    results: dict[str, Any] = {"produce": {k: produced[k] for k in ("produced", "good",
-                                                                    "events_per_s")}}
+    results["produce"] = {k: produced[k] for k in ("produced", "good", "events_per_s")}
     if "ceiling" not in skip:
         results["ceiling"] = measure_ceiling(settings)
     base = cli_env(settings, KAPPA_METRICS_PORT="0")
@@ -97,7 +101,7 @@ def measure_all(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         measured = run_measured(base, "replay", "--version", "bench", "--no-progress")
         results["replay"] = _flow_result(measured, args.events)
     if "naive" not in skip:
-        results["naive"] = measure_naive(settings, args.events)
+        results["naive"] = measure_naive(settings, args.naive_budget_s)
     if "freshness" not in skip:
         results["freshness"] = measure_freshness(settings, args.fresh_rate, args.fresh_seconds)
     return results
@@ -191,6 +195,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--fresh-rate", type=int, default=20_000)
     parser.add_argument("--fresh-seconds", type=int, default=60)
+    parser.add_argument("--naive-budget-s", type=float, default=120.0,
+                        help="stop the per-event baseline after this long (it slows as state grows)")
     parser.add_argument("--skip", default="", help=f"comma-separated steps of {','.join(STEPS)}")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
@@ -198,8 +204,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join(STEPS)}")
     started = time.perf_counter()
-    with scratch_stack() as settings:
-        results = measure_all(settings, args)
+    # SIGTERM unwinds like Ctrl-C: the scratch stack is stopped, partial results written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    results: dict[str, Any] = {}
+    try:
+        with scratch_stack() as settings:
+            measure_all(settings, args, results)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: writing what was measured so far\n")
     report = {"events": args.events, "users": args.users, "items": args.items,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                          f"{platform.python_version()}",
