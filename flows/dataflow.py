@@ -32,6 +32,7 @@ from flows.records import (
     TableRows,
     ValidatedBatch,
 )
+from flows.routing import Routing
 from flows.validate import Decode, PartitionValidator, ValidationConfig
 from flows.views import FeatureView
 from kappa.metrics import EVENTS_QUARANTINED, EVENTS_VALID, PARTITION_CLOCK
@@ -71,6 +72,9 @@ class FlowConfig:
     profiles: ProfileConfig | None = None
     """Profile events and features into the ``profiles`` table (``None``: no profiling).
     Needs ``features.report_progress`` so closed windows are known per shard."""
+    routing: Routing | None = None
+    """State keys of the per-partition and per-shard steps (``None``: ``"0".."n-1"``,
+    right for one worker; ``flows.routing`` spreads them over several)."""
 
     def __post_init__(self) -> None:
         if self.shards < 1:
@@ -240,7 +244,10 @@ def build_flow(config: FlowConfig, source: Source[RawBatch], sinks: FlowSinks,
     tick = _Ticker(config.tables, config.views, config.flush_interval_s)
     iceberg_streams.append(op.flat_map("commit_ticks", raw, tick))
 
-    keyed = op.key_on("key_by_partition", raw, lambda b: str(b.partition))
+    routing = config.routing
+    partition_key = routing.partition_key if routing is not None else str
+    shard_keys = routing.shard_keys if routing is not None else None
+    keyed = op.key_on("key_by_partition", raw, lambda b: partition_key(b.partition))
 
     def build_validator(state: bytes | None) -> _ValidateLogic:
         decode: Decode = decode_factory()
@@ -260,7 +267,7 @@ def build_flow(config: FlowConfig, source: Source[RawBatch], sinks: FlowSinks,
                                       lambda e: ("events", TableRows(event_rows(e)))))
 
     sharded = op.flat_map("route_to_shards", validated,
-                          lambda v: route(v, config.views, config.shards))
+                          lambda v: route(v, config.views, config.shards, shard_keys))
 
     def build_shard(state: bytes | None) -> _FeatureLogic:
         return _FeatureLogic(FeatureShard(config.views, config.features, state=state),

@@ -52,9 +52,13 @@ def shard_of(entity: str, shards: int) -> int:
     return zlib.crc32(entity.encode()) % shards
 
 
-def route(batch: ValidatedBatch, views: tuple[FeatureView, ...], shards: int
-          ) -> list[tuple[str, ShardBatch]]:
-    """Split a validated batch into one ``ShardBatch`` per shard (empty ones included)."""
+def route(batch: ValidatedBatch, views: tuple[FeatureView, ...], shards: int,
+          keys: tuple[str, ...] | None = None) -> list[tuple[str, ShardBatch]]:
+    """Split a validated batch into one ``ShardBatch`` per shard (empty ones included).
+
+    ``keys``: the Bytewax state key of each shard (``flows.routing``; default ``"0".."n-1"``).
+    The shard's *name* (ledger, metrics) stays ``str(index)`` whatever its key.
+    """
     fields = sorted({v.entity for v in views})
     parts: list[dict[str, list[dict[str, Any]]]] = [{f: [] for f in fields} for _ in range(shards)]
     if batch.events:
@@ -63,7 +67,8 @@ def route(batch: ValidatedBatch, views: tuple[FeatureView, ...], shards: int
             for event in batch.events:
                 parts[crc(event[field].encode()) % shards][field].append(event)
     return [
-        (str(s), ShardBatch(partition=batch.partition, partitions=batch.partitions,
+        (keys[s] if keys is not None else str(s),
+         ShardBatch(partition=batch.partition, partitions=batch.partitions,
                             events=parts[s], clock_ms=batch.clock_ms, shard=str(s),
                             shards=shards))
         for s in range(shards)

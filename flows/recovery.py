@@ -109,14 +109,26 @@ class RecoveryStore:
         tmp.replace(self.path / name)
 
 
-def flow_definition(steps: tuple[str, ...], views: tuple[Any, ...]) -> dict[str, Any]:
-    """The parts of a flow its recovery state depends on."""
-    return {"steps": list(steps), "views": [v.definition() for v in views]}
+def flow_definition(steps: tuple[str, ...], views: tuple[Any, ...],
+                    routing: Any | None = None) -> dict[str, Any]:
+    """The parts of a flow its recovery state depends on.
+
+    ``routing`` (``flows.routing.Routing``): state keys of a multi-worker run; the
+    plain one-worker keys add nothing, so one-worker stores keep their definition.
+    """
+    out: dict[str, Any] = {"steps": list(steps), "views": [v.definition() for v in views]}
+    keys = routing.definition() if routing is not None else None
+    if keys is not None:
+        out["keys"] = keys
+    return out
 
 
 def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     """A short human description of what differs between two definitions."""
     notes = []
+    if before.get("keys") != after.get("keys"):
+        notes.append("worker count (state keys are spread per worker count; resume with the "
+                     "same --processes / KAPPA_WORKERS_PER_PROCESS)")
     if before.get("steps") != after.get("steps"):
         notes.append(f"step ids {before.get('steps')} -> {after.get('steps')}")
     old = {v["name"]: v for v in before.get("views", [])}

@@ -25,6 +25,7 @@ from flows.profiler import ProfileConfig
 from flows.profiles import finality_delay_ms
 from flows.records import RawBatch
 from flows.recovery import FLOW_FILE, RecoveryStore, flow_definition
+from flows.routing import Routing, routing_for
 from flows.source import KafkaBatchSource, SourceConfig, list_partitions, reached_offsets
 from flows.validate import REASONS, ValidationConfig
 from flows.views import DEFAULT_VIEWS, FeatureView
@@ -68,6 +69,12 @@ def base_tables(views: tuple[FeatureView, ...], archive_log: bool = True,
     names = [*(["events", "quarantine"] if write_events else []),
              *(["profiles"] if profiles and write_events else []), *(v.table for v in views)]
     return (["log"] if archive_log else []) + names
+
+
+def routing(settings: Settings, partitions: int) -> Routing:
+    """State keys spread over every worker of the run (all processes)."""
+    processes = len(settings.addresses) if settings.addresses else 1
+    return routing_for(processes * settings.workers_per_process, partitions, settings.shards)
 
 
 def profile_config(settings: Settings, views: tuple[FeatureView, ...]) -> ProfileConfig:
@@ -142,6 +149,7 @@ def prepare(settings: Settings, options: RunOptions) -> tuple[Dataflow, dict[str
         recovery=options.recovery,
         write_events=options.write_events,
         profiles=profile_config(settings, options.views) if profiles else None,
+        routing=routing(settings, len(partitions)),
     )
     source = options.source or KafkaBatchSource(SourceConfig(
         kafka=kafka, topic=settings.topic, bounded=options.bounded,
@@ -240,7 +248,8 @@ def run(settings: Settings, options: RunOptions) -> dict[str, Any]:
     if options.recovery:
         recovery_config = store.open(
             shards=settings.shards, partitions=info["partitions"],
-            definition=flow_definition(STATEFUL_STEPS, options.views))
+            definition=flow_definition(STATEFUL_STEPS, options.views,
+                                       routing(settings, info["partitions"])))
     _serve_health(settings)
     lifecycle.reset()
     lifecycle.install_signal_handlers()

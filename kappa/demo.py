@@ -98,10 +98,24 @@ def demo(*, events: int, users: int, items: int, seed: int) -> dict[str, Any]:
         "produced": produced,
         "run": ran,
         "features": samples,
+        "quality": _quality(settings),
         "tables": {name: info.get("rows") for name, info in tables.items()
                    if name.startswith(f"{settings.namespace}.")},
         "try": [
             f"kappa features get user_activity_1m {' '.join(top_users)}",
             "kappa status",
+            "kappa quality report --format table",
+            "kappa quarantine list --limit 5",
         ],
     }
+
+
+def _quality(settings: Settings) -> dict[str, Any]:
+    """Overall quality dimensions of the run and how many windows drifted (from profiles)."""
+    from kappa.quality import build_report, read_profiles
+    from sinks.iceberg import open_catalog
+
+    catalog = open_catalog(settings.catalog_uri, settings.warehouse)
+    report = build_report(read_profiles(catalog, settings.namespace, None, None))
+    return {**report["quality"], "drift_alerts": len(report["alerts"])}
+
