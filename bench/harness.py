@@ -135,6 +135,10 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
             for name, value, op, goal in checks]
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The results as the Markdown tables the closing notes and README carry."""
     r = report["results"]
@@ -153,12 +157,12 @@ def markdown(report: dict[str, Any]) -> str:
         f = r["freshness"]
         lines += ["", f"Freshness at {f['target_rate']:,} events/s for {f['seconds']} s "
                   f"(producer reached {f['produced_events_per_s']}/s; drained: {f['drained']}, "
-                  f"{f['drain_after_produce_s']} s after producing): p50 {f['p50_s']} s, "
-                  f"p99 {f['p99_s']} s"]
+                  f"{f['drain_after_produce_s']} s after producing): p50 {_round(f['p50_s'])} s, "
+                  f"p99 {_round(f['p99_s'])} s"]
     lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
     for t in report["targets"]:
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
-        lines.append(f"| {t['target']} | {t['value'] if t['value'] is not None else '-'} "
+        lines.append(f"| {t['target']} | {_round(t['value']) if t['value'] is not None else '-'} "
                      f"| {t['goal']} | {met} |")
     return "\n".join(lines) + "\n"
 
