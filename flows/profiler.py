@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from flows.profiles import EVENTS_SCOPE, FieldStats, ProfilePartial, WindowKey, WindowProfile
+from flows.records import END_OF_INPUT
 from flows.sketch import Buckets, merged, psi, quantiles
 from kappa.metrics import DRIFT_PSI, PROFILE_STAT, PROFILE_STRAGGLERS, PROFILE_WINDOWS, QUALITY
 
@@ -43,6 +44,9 @@ class ProfileConfig:
     shards: int = 4
     view_delays_ms: tuple[tuple[str, int], ...] = ()
     """(view name, finality delay) of every profiled view."""
+    warmups_ms: tuple[tuple[str, int], ...] = ()
+    """(scope, warm-up) per scope: how long after its first profile window its values
+    are still filling up (a 1 h sliding window's sums grow for an hour)."""
     reference_windows: int = 288
     """Trailing closed windows the drift reference merges (288 x 5 min = one day)."""
     pinned_reference_ms: int | None = None
@@ -62,6 +66,9 @@ class Profiler:
     def __init__(self, config: ProfileConfig, state: bytes | None = None) -> None:
         self.config = config
         self._delays = dict(config.view_delays_ms)
+        self._warmups = dict(config.warmups_ms)
+        self.first_closed: dict[str, int] = {}
+        """Start of each scope's first closed window: where its warm-up is counted from."""
         self.open: dict[WindowKey, WindowProfile] = {}
         self.clocks: dict[str, int] = {}
         self.sources: dict[str, int] = {"p": 0, "s": config.shards}
@@ -70,12 +77,13 @@ class Profiler:
         self.pinned: dict[tuple[str, str], Buckets] = {}
         if state is not None:
             (self.open, self.clocks, self.sources, self.closed_until, self.trailing,
-             self.pinned) = pickle.loads(state)  # noqa: S301 - our own snapshot
+             self.pinned, self.first_closed) = pickle.loads(state)  # noqa: S301 - our own
 
     def snapshot(self) -> bytes:
         """The whole state, pickled, for Bytewax recovery."""
         return pickle.dumps((self.open, self.clocks, self.sources, self.closed_until,
-                             self.trailing, self.pinned), protocol=pickle.HIGHEST_PROTOCOL)
+                             self.trailing, self.pinned, self.first_closed),
+                            protocol=pickle.HIGHEST_PROTOCOL)
 
     def add(self, partial: ProfilePartial) -> list[dict[str, Any]]:
         """Fold one partial in; return the rows of every window that became final."""
@@ -98,7 +106,8 @@ class Profiler:
 
     def close_all(self) -> list[dict[str, Any]]:
         """End of a bounded run: every open window is final."""
-        return self._close(sorted(self.open, key=lambda k: (k[1], k[0])))
+        # The input ended inside these windows: partial by construction, no drift.
+        return self._close(sorted(self.open, key=lambda k: (k[1], k[0])), tail=True)
 
     def _min_clock(self, kind: str) -> int | None:
         clocks = [c for s, c in self.clocks.items() if s[0] == kind]
@@ -110,7 +119,7 @@ class Profiler:
         size = self.config.window_ms
         events_until = self._min_clock("p")
         shards_until = self._min_clock("s")
-        due = []
+        due, tail = [], set()
         for scope, start in self.open:
             if scope == EVENTS_SCOPE:
                 ready = (events_until is not None
@@ -118,29 +127,37 @@ class Profiler:
             else:
                 ready = (shards_until is not None
                          and start + size + self._delays.get(scope, 0) <= shards_until)
+                if ready and shards_until == END_OF_INPUT:
+                    tail.add((scope, start))  # closed by a bounded run's end, not by time
             if ready:
                 due.append((scope, start))
-        return self._close(sorted(due, key=lambda k: (k[1], k[0])))
+        return self._close(sorted(due, key=lambda k: (k[1], k[0])), tail=tail)
 
-    def _close(self, keys: list[WindowKey]) -> list[dict[str, Any]]:
+    def _close(self, keys: list[WindowKey], tail: bool | set[WindowKey] = False
+               ) -> list[dict[str, Any]]:
+        """Rows of ``keys``; ``tail`` windows (cut short by the end of input) get no drift."""
         rows: list[dict[str, Any]] = []
         for key in keys:
             scope, start = key
             profile = self.open.pop(key)
             end = start + self.config.window_ms
             self.closed_until[scope] = max(self.closed_until.get(scope, end), end)
+            self.first_closed.setdefault(scope, start)
             PROFILE_WINDOWS.labels(scope).inc()
             base = {"window_start": start, "window_end": end, "scope": scope}
             if scope == EVENTS_SCOPE:
                 rows.append({**base, **quality_columns(profile)})
             for name in sorted(profile.fields):
-                rows.append({**base, **self._field_row(scope, name, profile.fields[name], start)})
+                partial = tail is True or (isinstance(tail, set) and key in tail)
+                rows.append({**base, **self._field_row(scope, name, profile.fields[name], start,
+                                                       partial)})
         return rows
 
-    def _field_row(self, scope: str, name: str, stats: FieldStats, start: int) -> dict[str, Any]:
+    def _field_row(self, scope: str, name: str, stats: FieldStats, start: int,
+                   partial: bool = False) -> dict[str, Any]:
         row = field_columns(name, stats)
         labels = (scope, name)
-        if stats.buckets or stats.n:
+        if (stats.buckets or stats.n) and not partial:
             row["psi"] = self._drift(labels, stats, start)
         for stat in ("count", "null_rate", "mean", "stddev", "p50", "p99"):
             value = row.get(stat)
@@ -149,7 +166,17 @@ class Profiler:
         return row
 
     def _drift(self, labels: tuple[str, str], stats: FieldStats, start: int) -> float | None:
+        """PSI against the reference; ``None`` while warming up or without a reference.
+
+        A scope's first closed window is partial (the stream began inside it), and a
+        view's windows keep filling for one window length: those windows neither get
+        a PSI nor join the reference, or every run would start with false alarms.
+        """
         cfg = self.config
+        warm_until = (self.first_closed[labels[0]] + cfg.window_ms
+                      + self._warmups.get(labels[0], 0))
+        if start < warm_until:
+            return None
         if cfg.pinned_reference_ms is not None:
             reference = self.pinned.get(labels)
             if start == cfg.pinned_reference_ms:

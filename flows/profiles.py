@@ -198,6 +198,12 @@ def event_partial(batch: ValidatedBatch, window_ms: int, lateness_ms: int) -> Pr
                           clock_ms=batch.clock_ms, windows=windows)
 
 
+def warmup_ms(view: FeatureView) -> int:
+    """How long a view's values keep filling up after its first window (its length or gap)."""
+    window = view.window
+    return (window.gap_s if isinstance(window, Session) else window.size_s) * 1000
+
+
 def finality_delay_ms(view: FeatureView) -> int:
     """How far past a window's end the close clock must be before it is final."""
     return view.window.gap_s * 1000 + 1 if isinstance(view.window, Session) else 0

@@ -22,7 +22,7 @@ from flows import health, lifecycle
 from flows.dataflow import STATEFUL_STEPS, FlowConfig, FlowSinks, build_flow
 from flows.features import FeatureConfig
 from flows.profiler import ProfileConfig
-from flows.profiles import finality_delay_ms
+from flows.profiles import finality_delay_ms, warmup_ms
 from flows.records import RawBatch
 from flows.recovery import FLOW_FILE, RecoveryStore, flow_definition
 from flows.routing import Routing, routing_for
@@ -85,6 +85,7 @@ def profile_config(settings: Settings, views: tuple[FeatureView, ...]) -> Profil
                          allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
                          shards=settings.shards,
                          view_delays_ms=tuple((v.name, finality_delay_ms(v)) for v in views),
+                         warmups_ms=tuple((v.name, warmup_ms(v)) for v in views),
                          reference_windows=settings.drift_reference_windows,
                          pinned_reference_ms=pinned)
 

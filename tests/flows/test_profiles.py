@@ -218,9 +218,9 @@ def drift_run(scale_from: int | None) -> dict[int, float | None]:
 def test_an_amount_halving_crosses_the_alert_threshold_within_one_window() -> None:
     shift_at = 60 * 60_000  # amounts halve from minute 60 on
     psi_by_window = drift_run(shift_at)
-    assert psi_by_window[0] is None  # no reference yet
-    before = [v for s, v in psi_by_window.items() if 0 < s < shift_at]
-    assert before and max(before) < 0.25, before  # type: ignore[type-var]
+    assert psi_by_window[0] is None and psi_by_window[WINDOW] is None  # warm-up, no reference
+    before = [v for s, v in psi_by_window.items() if WINDOW < s < shift_at]
+    assert before and all(v is not None and v < 0.25 for v in before), before
     first_shifted = psi_by_window[shift_at]
     assert first_shifted is not None and first_shifted > 0.25
     # The metric the alert rule reads was past the threshold once that window closed.
@@ -240,6 +240,17 @@ def test_gauge_reports_the_shift_when_its_window_closes() -> None:
             assert REGISTRY.get_sample_value("kappa_drift_psi", labels) < 0.25
     # Clock at 66 min: the window [60, 65) min closed, one window after the shift began.
     assert REGISTRY.get_sample_value("kappa_drift_psi", labels) > 0.25
+
+
+def test_first_window_and_a_views_fill_up_time_never_alert() -> None:
+    # A view whose values fill up for 15 min (3 profile windows) after its first window.
+    profiler = Profiler(config(min_drift_count=1, allowed_lateness_ms=0,
+                               warmups_ms=(("events", 3 * WINDOW),)))
+    rows = [r for vb in purchases(0, 60, 20, None, random.Random(4))
+            for r in profiler.add(event_partial(vb, WINDOW, 0))]
+    psi_by_start = {r["window_start"]: r.get("psi") for r in rows if r["field"] == "amount"}
+    assert all(psi_by_start[s] is None for s in range(0, 5 * WINDOW, WINDOW))
+    assert psi_by_start[5 * WINDOW] is not None  # first window with a settled reference
 
 
 def test_snapshot_restores_open_windows_and_references() -> None:

@@ -22,7 +22,7 @@ from sinks.iceberg import open_catalog
 pytestmark = pytest.mark.integration
 
 TOPIC = "pf_events"
-EVENTS = 24_000
+EVENTS = 30_000  # 25 min: the shifted window closes by time, not by the end of input
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a profile window boundary
 WINDOW = 300_000
 SHIFT = START + 3 * WINDOW  # amounts halve from the fourth window on
