@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from bytewax._bytewax import cli_main
@@ -29,6 +29,7 @@ from flows.routing import Routing, routing_for
 from flows.source import KafkaBatchSource, SourceConfig, list_partitions, reached_offsets
 from flows.validate import REASONS, ValidationConfig
 from flows.views import DEFAULT_VIEWS, FeatureView
+from kappa.cliargs import parse_time
 from kappa.errors import ConfigError
 from kappa.settings import Settings
 from replay.offsets import log_end, seek_consumer
@@ -96,15 +97,14 @@ def _pinned_reference(text: str, window_ms: int) -> int | None:
     if value.lower() == "trailing":
         return None
     try:
-        if value.lstrip("-").isdigit():
-            ms = int(value)
-        else:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-            ms = int(moment.timestamp() * 1000)
-    except ValueError:
+        parsed = int(value) if value.lstrip("-").isdigit() else (
+            None if value.lower() in ("earliest", "now") else parse_time(value))
+    except ConfigError:
+        parsed = None
+    if parsed is None:
         msg = f"KAPPA_DRIFT_REFERENCE must be 'trailing', epoch ms or ISO-8601, got {text!r}"
-        raise ConfigError(msg) from None
+        raise ConfigError(msg)
+    ms = parsed
     if ms % window_ms:
         msg = (f"KAPPA_DRIFT_REFERENCE {text!r} is not the start of a "
                f"{window_ms // 1000} s profile window")

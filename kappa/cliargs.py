@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from kappa.errors import ConfigError
 
 
 def emit(data: Any) -> None:
@@ -52,3 +56,20 @@ def share(text: str) -> float:
         msg = f"expected a share in [0, 1), got {value}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def parse_time(text: str) -> int | None:
+    """``earliest`` → None, ``now`` → now, else ISO-8601 (UTC when no offset) → epoch ms."""
+    value = text.strip().lower()
+    if value == "earliest":
+        return None
+    if value == "now":
+        return time.time_ns() // 1_000_000
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        msg = f"time must be ISO-8601, 'earliest' or 'now', got {text!r}"
+        raise ConfigError(msg) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

@@ -15,9 +15,9 @@ AddFn = Callable[..., argparse.ArgumentParser]
 
 def cmd_quality_report(args: argparse.Namespace) -> None:
     """Quality dimensions and drift per scope, as JSON or a table, plus a drift PNG."""
+    from kappa.cliargs import parse_time
     from kappa.quality import build_report, plot_drift, read_profiles, render_table
     from kappa.settings import Settings
-    from replay.run import parse_time
     from sinks.catalog import open_catalog
 
     settings = Settings.from_env()

@@ -30,7 +30,7 @@ def time_arg(text: str) -> int | None:
     value = text.strip()
     if value.lstrip("-").isdigit():
         return int(value)
-    from replay.run import parse_time  # the replay's parser; imported only when needed
+    from kappa.cliargs import parse_time
 
     try:
         return parse_time(value)

@@ -9,9 +9,7 @@ outputs with its own recovery store, so it can run beside a live ``kappa run``.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prometheus_client import REGISTRY
@@ -20,6 +18,7 @@ from tqdm import tqdm
 from flows.run import RunOptions, run
 from flows.source import KafkaBatchSource, SourceConfig, list_partitions
 from flows.views import DEFAULT_VIEWS, FeatureView
+from kappa.cliargs import parse_time
 from kappa.errors import ConfigError, ServiceUnavailable
 from kappa.settings import Settings
 from replay.archive import ArchiveConfig, ArchiveRange, ArchiveSource, archive_extent, offset_at_time
@@ -29,23 +28,6 @@ from sinks.iceberg import open_catalog
 from sinks.redis import redis_client
 
 SourceKind = Literal["auto", "kafka", "iceberg"]
-
-
-def parse_time(text: str) -> int | None:
-    """``earliest`` → None, ``now`` → now, else ISO-8601 (UTC when no offset) → epoch ms."""
-    value = text.strip().lower()
-    if value == "earliest":
-        return None
-    if value == "now":
-        return time.time_ns() // 1_000_000
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        msg = f"time must be ISO-8601, 'earliest' or 'now', got {text!r}"
-        raise ConfigError(msg) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 @dataclass(frozen=True, kw_only=True)
