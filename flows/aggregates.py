@@ -119,11 +119,9 @@ class AggSpec:
         """Latest record timestamp among the counted events."""
         return int(agg[self._base + 3])
 
-    def finish_into(self, agg: Agg, columns: list[list[Any]]) -> None:
-        """Append the feature vector to per-feature column lists (view order)."""
-        values = self.finish(agg)
-        for column, value in zip(columns, values.values(), strict=True):
-            column.append(value)
+    def finish_values(self, agg: Agg) -> tuple[Any, ...]:
+        """The feature vector as a tuple in view order (what history columns take)."""
+        return tuple(self.finish(agg).values())
 
     def finish(self, agg: Agg) -> dict[str, Any]:
         """The feature vector, with derived features (ratios, duration) computed."""

@@ -24,6 +24,7 @@ from flows.records import (
     ValidatedBatch,
 )
 from flows.views import FeatureView
+from flows.aggregates import Agg
 from flows.windows import Closed, WindowState, new_state
 from kappa.metrics import OPEN_WINDOWS, WATERMARK, WINDOWS_EMITTED
 
@@ -160,11 +161,17 @@ class FeatureShard:
             entities, starts, ends = batch.entities, batch.starts, batch.ends
             columns = list(batch.features.values())
             closed: Iterable[Closed] = state.close(until_ms)
+            previous: Agg | None = None
+            values: tuple[Any, ...] = ()
             for entity, start, end, agg in closed:
                 entities.append(entity)
                 starts.append(start)
                 ends.append(end)
-                spec.finish_into(agg, columns)
+                if agg is not previous:  # sliding windows over the same panes share one
+                    values = spec.finish_values(agg)
+                    previous = agg
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value)
                 entity_latest = latest.get(entity)
                 if entity_latest is not None and state.is_online(start, end, entity_latest):
                     online.append(FeatureRow(

@@ -115,36 +115,70 @@ class SlidingState:
         return end == latest_ts - latest_ts % self.hop + self.hop
 
     def close(self, until_ms: int | None) -> Iterator[Closed]:
-        """Emit windows with ``end <= until_ms`` in end order; drop spent panes."""
+        """Emit windows with ``end <= until_ms``, entity by entity; drop spent panes.
+
+        Each entity's panes are merged once per distinct pane set, not once per
+        window: consecutive windows over the same panes yield the *same* aggregate
+        object (callers may reuse what they computed from it). An entity with one
+        pane is in ``size / hop`` windows that all share one aggregate.
+        """
         if not self.panes:
             if until_ms is not None:
                 self.closed_until = until_ms - until_ms % self.hop
             return
+        hop, size = self.hop, self.size
         panes = sorted(self.panes)
-        last_end = panes[-1] + self.size if until_ms is None else until_ms - until_ms % self.hop
-        end = panes[0] + self.hop
-        if self.closed_until is not None and self.closed_until + self.hop > end:
-            end = self.closed_until + self.hop
-        while end <= last_end:
-            start = end - self.size
-            lo = bisect.bisect_left(panes, start)
-            if lo == len(panes):
-                break
-            if panes[lo] >= end:  # no pane in this window: jump to the next pane's first window
-                end = panes[lo] + self.hop
-                continue
-            entities: set[str] = set()
-            for pane in panes[lo:bisect.bisect_left(panes, end)]:
-                entities.update(self.panes[pane])
-            for entity in sorted(entities):
-                agg = self._window(entity, start)
-                assert agg is not None
-                yield entity, start, end, agg
-            end += self.hop
+        last_end = panes[-1] + size if until_ms is None else until_ms - until_ms % hop
+        first_end = panes[0] + hop
+        if self.closed_until is not None and self.closed_until + hop > first_end:
+            first_end = self.closed_until + hop
+        if first_end <= last_end:
+            by_entity: dict[str, list[int]] = {}
+            lo = bisect.bisect_left(panes, first_end - size)
+            hi = bisect.bisect_left(panes, last_end)
+            for pane in panes[lo:hi]:
+                for entity in self.panes[pane]:
+                    own = by_entity.get(entity)
+                    if own is None:
+                        by_entity[entity] = [pane]
+                    else:
+                        own.append(pane)
+            for entity in sorted(by_entity):
+                yield from self._entity_windows(entity, by_entity[entity], first_end, last_end)
         self.closed_until = last_end
         for pane in panes:
-            if pane + self.size <= last_end:
+            if pane + size <= last_end:
                 del self.panes[pane]
+
+    def _entity_windows(self, entity: str, own: list[int], first_end: int,
+                        last_end: int) -> Iterator[Closed]:
+        """Windows ``[end - size, end)`` with ``first_end <= end <= last_end`` over ``own`` panes."""
+        hop, size, spec = self.hop, self.size, self.spec
+        end = max(first_end, own[0] + hop)
+        stop = min(last_end, own[-1] + size)
+        lo = hi = 0
+        n = len(own)
+        merged: Agg | None = None
+        while end <= stop:
+            start = end - size
+            new_lo, new_hi = lo, hi
+            while new_lo < n and own[new_lo] < start:
+                new_lo += 1
+            while new_hi < n and own[new_hi] < end:
+                new_hi += 1
+            if new_lo == new_hi:  # a gap: jump to the next pane's first window
+                end = own[new_lo] + hop
+                lo = hi = new_lo
+                merged = None
+                continue
+            if merged is None or (new_lo, new_hi) != (lo, hi):
+                by_pane = self.panes
+                merged = spec.copy(by_pane[own[new_lo]][entity])
+                for pane in own[new_lo + 1:new_hi]:
+                    spec.merge(merged, by_pane[pane][entity])
+                lo, hi = new_lo, new_hi
+            yield entity, start, end, merged
+            end += hop
 
     def open_count(self) -> int:
         """Open (entity, pane) pairs."""
