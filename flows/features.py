@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from flows.aggregates import Agg
 from flows.records import (
     END_OF_INPUT,
     FeatureOutput,
@@ -24,7 +25,6 @@ from flows.records import (
     ValidatedBatch,
 )
 from flows.views import FeatureView
-from flows.aggregates import Agg
 from flows.windows import Closed, WindowState, new_state
 from kappa.metrics import OPEN_WINDOWS, WATERMARK, WINDOWS_EMITTED
 
