@@ -102,21 +102,21 @@ def test_kill_9_three_times_then_identical(world: dict[str, Any]) -> None:
     log = home / "kill.log"
     rnd = random.Random(5)
     env = env_for(settings, "c_kill", "killed")
-    marker = home / "committing"
     kills = 0
-    for point in ("random", "commit", "random"):
-        run_env = env
-        if point == "commit":
-            run_env = dict(env, KAPPA_FAULT_COMMIT_PAUSE_S="3",
-                           KAPPA_FAULT_COMMIT_MARKER=str(marker))
-        proc = start(run_env, log)
-        if point == "commit":
-            deadline = time.monotonic() + 120
-            while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert marker.exists(), "no Iceberg commit started"
-        else:
-            time.sleep(rnd.uniform(4.0, 9.0))
+    for run, point in enumerate(("random", "commit", "random")):
+        # Every run marks its first Iceberg commit, so kills are timed by progress
+        # (the run is past start-up and writing), not by a wall-clock guess that a
+        # faster flow outruns. "commit" holds that commit open and kills inside it.
+        marker = home / f"committing-{run}"
+        pause = "3" if point == "commit" else "0"
+        proc = start(dict(env, KAPPA_FAULT_COMMIT_PAUSE_S=pause,
+                          KAPPA_FAULT_COMMIT_MARKER=str(marker)), log)
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), "no Iceberg commit started"
+        if point == "random":
+            time.sleep(rnd.uniform(0.1, 3.0))
         assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
