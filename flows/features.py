@@ -155,31 +155,37 @@ class FeatureShard:
             dirty = self.dirty[view.name]
             spec = state.spec
             name = view.name
-            batch = HistoryBatch(view=name, shard=self.shard,
-                                 closed_until=END_OF_INPUT if until_ms is None else until_ms,
-                                 features={f: [] for f in view.feature_names})
-            entities, starts, ends = batch.entities, batch.starts, batch.ends
-            columns = list(batch.features.values())
+            names = view.feature_names
+            entities: list[str] = []
+            starts: list[int] = []
+            ends: list[int] = []
+            rows: list[tuple[Any, ...]] = []
             closed: Iterable[Closed] = state.close(until_ms)
             previous: Agg | None = None
             values: tuple[Any, ...] = ()
+            finish, is_online = spec.finish_values, state.is_online
             for entity, start, end, agg in closed:
                 entities.append(entity)
                 starts.append(start)
                 ends.append(end)
                 if agg is not previous:  # sliding windows over the same panes share one
-                    values = spec.finish_values(agg)
+                    values = finish(agg)
                     previous = agg
-                for column, value in zip(columns, values, strict=True):
-                    column.append(value)
+                rows.append(values)
                 entity_latest = latest.get(entity)
-                if entity_latest is not None and state.is_online(start, end, entity_latest):
+                if entity_latest is not None and is_online(start, end, entity_latest):
                     online.append(FeatureRow(
                         view=name, entity=entity, window_start_ms=start, window_end_ms=end,
-                        features={f: c[-1] for f, c in batch.features.items()}, final=True,
+                        features=dict(zip(names, values, strict=True)), final=True,
                         seq=spec.count(agg) * 2 + 1, last_ingest_ms=spec.last_ingest(agg)))
                     del latest[entity]
                     dirty.discard(entity)
+            # Row tuples become columns in one C-level transpose.
+            columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in names]
+            batch = HistoryBatch(view=name, shard=self.shard,
+                                 closed_until=END_OF_INPUT if until_ms is None else until_ms,
+                                 entities=entities, starts=starts, ends=ends,
+                                 features=dict(zip(names, columns, strict=True)))
             if batch.entities:
                 history.append(batch)
                 WINDOWS_EMITTED.labels(name, "true").inc(len(batch))

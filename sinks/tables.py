@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -306,15 +307,12 @@ def _table(target: pa.Schema, columns: Sequence[pa.Array | list[Any]]) -> pa.Tab
 
 def log_rows(records: list[RawRecord]) -> pa.Table:
     """Raw Kafka records → rows of ``log`` (one row per record, order kept)."""
-    return _table(_fixed_arrow("log"), [
-        [r.topic for r in records],
-        [r.partition for r in records],
-        [r.offset for r in records],
-        _ms_to_ts([r.timestamp_ms for r in records]),
-        [r.key for r in records],
-        [r.value for r in records],
-        [list(r.headers) for r in records],
-    ])
+    if not records:
+        return empty_table("log")
+    # Records are named tuples in column order: zip(*) transposes in C.
+    topics, partitions, offsets, stamps, keys, values, headers = zip(*records, strict=True)
+    return _table(_fixed_arrow("log"), [topics, partitions, offsets, _ms_to_ts(stamps), keys,
+                                        values, headers])
 
 
 @functools.cache
@@ -324,16 +322,27 @@ def _event_plan() -> tuple[tuple[str, bool], ...]:
                  for f in events_schema().fields)
 
 
+@functools.cache
+def _event_getter() -> Callable[[Event], tuple[Any, ...]]:
+    return operator.itemgetter(*(name for name, _ in _event_plan()))
+
+
 def event_rows(events: list[Event]) -> pa.Table:
     """Valid events (``ts``/``ingest_ts`` as epoch ms) → rows of ``events``.
 
     Optional fields may be absent from an event dict; required ones must be present.
     """
-    columns: list[pa.Array | list[Any]] = []
-    for name, is_ts in _event_plan():
-        values = [e.get(name) for e in events]
-        columns.append(_ms_to_ts(values) if is_ts else values)
-    return _table(_fixed_arrow("events"), columns)
+    plan = _event_plan()
+    if not events:
+        return empty_table("events")
+    try:
+        # Decoded events carry every field: one C-level getter per event, then zip(*).
+        columns: list[Any] = list(zip(*map(_event_getter(), events), strict=True))
+    except KeyError:
+        columns = [[e.get(name) for e in events] for name, _ in plan]
+    return _table(_fixed_arrow("events"),
+                  [_ms_to_ts(col) if is_ts else col
+                   for col, (_, is_ts) in zip(columns, plan, strict=True)])
 
 
 def quarantine_rows(items: list[Quarantined]) -> pa.Table:
