@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 from flows import health, lifecycle
 from flows.dataflow import STATEFUL_STEPS, FlowConfig, FlowSinks, build_flow
 from flows.features import FeatureConfig
+from flows.gc_policy import GcPolicy
 from flows.profiler import ProfileConfig
 from flows.profiles import finality_delay_ms, warmup_ms
 from flows.records import RawBatch
@@ -262,11 +263,12 @@ def run(settings: Settings, options: RunOptions) -> dict[str, Any]:
     }
     started = time.perf_counter()
     cpu_started = os.times()
-    cli_main(flow, workers_per_process=settings.workers_per_process,
-             process_id=settings.process_id if settings.addresses else None,
-             addresses=list(settings.addresses) or None,
-             epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-             recovery_config=recovery_config)
+    with GcPolicy():
+        cli_main(flow, workers_per_process=settings.workers_per_process,
+                 process_id=settings.process_id if settings.addresses else None,
+                 addresses=list(settings.addresses) or None,
+                 epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+                 recovery_config=recovery_config)
     seconds = time.perf_counter() - started
     cpu = os.times()
     stopped = lifecycle.stop_requested()
