@@ -133,6 +133,8 @@ class RedisConfig:
     backoff_s: float = 0.1
     max_backoff_s: float = 5.0
     chunk_size: int = 500
+    pipeline_rows: int = 20_000
+    """Rows per pipeline (one round trip); a larger write takes several, in order."""
 
     def __post_init__(self) -> None:
         if not self.url or "://" not in self.url:
@@ -146,8 +148,8 @@ class RedisConfig:
                 msg = f"view {view!r}: TTL must be > 0 or None (forever), never {ttl}"
                 raise ConfigError(msg)
         if ((self.max_retries is not None and self.max_retries < 0) or self.chunk_size < 1
-                or self.backoff_s < 0):
-            msg = "need max_retries >= 0, chunk_size >= 1 and backoff_s >= 0"
+                or self.pipeline_rows < 1 or self.backoff_s < 0):
+            msg = "need max_retries >= 0, chunk_size >= 1, pipeline_rows >= 1 and backoff_s >= 0"
             raise ConfigError(msg)
         object.__setattr__(self, "ttls", dict(self.ttls))
 
@@ -208,7 +210,7 @@ class RedisFeatureWriter:
         * A row is stored iff it is newer than the stored one (window end, then
           ``seq``), atomically per key; the view's TTL is (re)set on each write.
         * One script call per ``chunk_size`` rows and one pipeline (one round
-          trip) per :meth:`write`; no per-row round trips.
+          trip) per ``pipeline_rows`` rows of a :meth:`write`; no per-row round trips.
         * Connection errors are retried ``max_retries`` times with backoff (safe:
           the script is idempotent), then :class:`ServiceUnavailable` is raised
           (never, with ``max_retries=None``).
@@ -244,8 +246,15 @@ class RedisFeatureWriter:
             ServiceUnavailable: Redis stayed unreachable through all retries.
             ConfigError: A row's view has no configured TTL.
         """
-        if not rows:
-            return 0
+        step = self._config.pipeline_rows
+        return sum(self._write_slice(rows[i:i + step]) for i in range(0, len(rows), step))
+
+    def _write_slice(self, rows: list[FeatureRow]) -> int:
+        """One pipeline round trip for a slice of a write.
+
+        Encoding a whole final close at once (millions of rows) would hold every
+        encoded document and the packed commands in memory.
+        """
         started = time.perf_counter()
         now = self._now_ms()
         prefix, iso = self._config.prefix, self._iso

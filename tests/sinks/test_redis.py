@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import bytewax.operators as op
 import orjson
@@ -97,6 +98,23 @@ def test_rows_in_one_batch_apply_in_order(writer: RedisFeatureWriter, client: re
     rows = [row(seq=1, count=1), row(seq=3, count=3), row(seq=2, count=2)]
     assert writer.write(rows) == 2
     assert stored(client)["features"]["event_count"] == 3
+
+
+def test_large_write_takes_several_pipelines_in_order(config: RedisConfig,
+                                                      client: redis.Redis) -> None:
+    """A final close's millions of rows go out ``pipeline_rows`` at a time, order kept."""
+    writer = RedisFeatureWriter(replace(config, pipeline_rows=3, chunk_size=2))
+    try:
+        rows = [row(f"u{i}", seq=1) for i in range(7)]
+        rows += [row("u1", seq=5, count=5), row("u1", seq=4, count=4), row("u6", seq=2, count=2)]
+        client.config_resetstat()
+        assert writer.write(rows) == 9
+        assert stored(client, "u1")["features"]["event_count"] == 5
+        assert stored(client, "u6")["features"]["event_count"] == 2
+        stats = client.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 7  # slices of 3, 3, 3, 1 rows; <= 2 per call
+    finally:
+        writer.close()
 
 
 def test_ttl_set_on_write_and_none_means_forever(writer: RedisFeatureWriter,
