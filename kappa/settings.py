@@ -99,7 +99,8 @@ class Settings:
     future_tolerance_s: float = 300.0
     max_record_bytes: int = 65536
     flush_interval_s: float = 1.0
-    commit_interval_s: float = 30.0
+    commit_interval_s: float = 10.0
+    max_buffer_rows: int = 100_000
     shards: int = 4
     batch_size: int = 5000
     recovery: bool = True
@@ -255,7 +256,8 @@ class Settings:
             future_tolerance_s=_float(env, "KAPPA_FUTURE_TOLERANCE_S", 300.0),
             max_record_bytes=_int(env, "KAPPA_MAX_RECORD_BYTES", 65536, minimum=64),
             flush_interval_s=_float(env, "KAPPA_FLUSH_INTERVAL_S", 1.0, minimum=0.05),
-            commit_interval_s=_float(env, "KAPPA_COMMIT_INTERVAL_S", 30.0, minimum=0.1),
+            commit_interval_s=_float(env, "KAPPA_COMMIT_INTERVAL_S", 10.0, minimum=0.1),
+            max_buffer_rows=_int(env, "KAPPA_MAX_BUFFER_ROWS", 100_000, minimum=1),
             shards=_int(env, "KAPPA_SHARDS", 4, minimum=1),
             batch_size=_int(env, "KAPPA_BATCH_SIZE", 5000, minimum=1),
             recovery=_bool(env, "KAPPA_RECOVERY", True),

@@ -46,7 +46,10 @@ class IcebergConfig:
         warehouse: Warehouse location (``file:///...``, ``s3://...``).
         namespace: Namespace of the tables (a replay version gets its own).
         commit_interval_s: Minimum seconds between two commits of one table.
-        max_buffer_rows: Commit early once this many rows are buffered.
+        max_buffer_rows: Commit early once this many rows are buffered. Bounds memory:
+            pyiceberg copies a buffer while splitting it by partition, so a commit
+            costs about twice the buffer (measured, 1M events: peak RSS 1.94 GB with
+            30 s / 500k, 1.34 GB with 10 s / 100k, at no extra CPU).
         max_commit_attempts: Attempts per commit when it conflicts.
         backoff_base_s: First conflict backoff; doubles per attempt, fully jittered.
         backoff_max_s: Cap of one backoff sleep.
@@ -58,8 +61,8 @@ class IcebergConfig:
     catalog_uri: str
     warehouse: str
     namespace: str = "kappa"
-    commit_interval_s: float = 30.0
-    max_buffer_rows: int = 500_000
+    commit_interval_s: float = 10.0
+    max_buffer_rows: int = 100_000
     max_commit_attempts: int = 8
     backoff_base_s: float = 0.05
     backoff_max_s: float = 5.0
@@ -100,6 +103,7 @@ class IcebergConfig:
         return cls(catalog_uri=settings.catalog_uri, warehouse=settings.warehouse,
                    namespace=namespace or settings.namespace,
                    commit_interval_s=settings.commit_interval_s,
+                   max_buffer_rows=settings.max_buffer_rows,
                    commit_on_snapshot=commit_on_snapshot,
                    maintenance=MaintenanceConfig.from_settings(settings))
 
