@@ -99,13 +99,13 @@ class ShardBatch:
     shards: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureRow:
+class FeatureRow(NamedTuple):
     """One window's feature vector for one entity.
 
     ``seq`` orders updates of the same window (it grows with the counted events,
     and the final write is the largest), so the Redis write-if-newer guard
-    can tell a stale replay from a newer value.
+    can tell a stale replay from a newer value. A named tuple for the same
+    reason as ``RawRecord``: a live flush builds one per dirty entity and view.
     """
 
     view: str
