@@ -22,6 +22,7 @@ from flows import health, lifecycle
 from flows.dataflow import STATEFUL_STEPS, FlowConfig, FlowSinks, build_flow
 from flows.features import FeatureConfig
 from flows.gc_policy import GcPolicy
+from flows.memory_policy import apply_memory_policy
 from flows.profiler import ProfileConfig
 from flows.profiles import finality_delay_ms, warmup_ms
 from flows.records import RawBatch
@@ -244,6 +245,7 @@ def run(settings: Settings, options: RunOptions) -> dict[str, Any]:
         if finished is not None:
             return finished
         resumed = store.exists
+    apply_memory_policy()
     flow, info = prepare(settings, options)
     if options.recovery and settings.addresses and settings.process_id:
         _wait_for_store(store)  # process 0 creates the shared store; the others join it
