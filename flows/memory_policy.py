@@ -6,8 +6,9 @@ Arrow's mimalloc arena, 650 MB in anonymous maps, many of them 64 MB glibc
 per-thread arenas). librdkafka, pyiceberg's writer pool and Bytewax each run
 threads, and glibc gives every thread that allocates its own arena, which keeps
 freed pages. Capping arenas at two and sending Arrow buffers through glibc
-(whose large blocks are mmapped and returned on free) lowered peak RSS by
-~200 MB at the same CPU (``bench/`` notes in the performance issue).
+(whose large blocks are mmapped and returned on free) lowered peak RSS from
+~1384 to ~1182 MB at the same CPU in isolated 1M-event runs; a full ``make bench``
+run did not show the gain above its ~80 MB run-to-run noise (performance issue notes).
 
 Both are process-wide and only affect allocations made afterwards, so the
 policy is applied once, before the dataflow starts its threads. There is no
