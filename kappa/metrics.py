@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from kappa.batch_histogram import BatchHistogram
+
 EVENTS_CONSUMED = Counter("kappa_events_consumed", "Records read from the source topic.",
                           ["topic"])
 EVENTS_VALID = Counter("kappa_events_valid", "Records that passed validation.", ["topic"])
@@ -20,7 +22,7 @@ SINK_WRITE_SECONDS = Histogram(
 )
 SINK_ROWS = Counter("kappa_sink_rows", "Rows written by a sink.", ["sink"])
 SINK_ERRORS = Counter("kappa_sink_errors", "Failed sink write attempts (retried).", ["sink"])
-FRESHNESS_SECONDS = Histogram(
+FRESHNESS_SECONDS = BatchHistogram(
     "kappa_freshness_seconds",
     "Ingest (record timestamp) to visible in Redis, per flushed entity.",
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
