@@ -157,6 +157,18 @@ def test_script_flush_is_survived(writer: RedisFeatureWriter, client: redis.Redi
     assert writer.write([row(seq=2)]) == 1
 
 
+def test_killed_connection_mid_stream_loses_no_row(writer: RedisFeatureWriter,
+                                                   client: redis.Redis) -> None:
+    writer.write([row("u0", seq=1)])
+    # The writer's pooled connection dies between writes (server restart, idle kill):
+    # the next write must still land every row, once.
+    client.client_kill_filter(_type="normal", skipme=True)
+    rows = [row(f"u{i}", seq=2) for i in range(1200)]
+    assert writer.write(rows) == 1200
+    assert client.dbsize() == 1200
+    assert writer.write(rows) == 0  # a resend is a no-op
+
+
 def test_read_features_statuses(writer: RedisFeatureWriter, client: redis.Redis) -> None:
     writer.write([row("u1", seq=2, count=5, final=True), row("u2", count=1)])
     now = W + 60_000 + 30_000
