@@ -128,7 +128,12 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, int]):
             _REACHED.setdefault((self._config.topic, self._partition), max(self._offset, 0))
             return []
         cfg = self._config
-        msgs = self._consumer.consume(cfg.batch_size, cfg.poll_timeout_s)
+        # consume() waits for a *full* batch until its timeout, and every partition
+        # reader runs on the worker's one thread: while records flow, take what
+        # librdkafka has prefetched without waiting, and wait briefly only when
+        # the last poll found nothing.
+        msgs = self._consumer.consume(cfg.batch_size,
+                                      cfg.poll_timeout_s if self._idle_since is not None else 0)
         records: list[RawRecord] = []
         topic, part, stop = cfg.topic, self._partition, self._stop
         for msg in msgs:
