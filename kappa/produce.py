@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -21,7 +23,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
 from kappa.errors import KappaError, ServiceUnavailable
-from kappa.generator import BAD_KINDS, GeneratorConfig, expected_reason, generate
+from kappa.generator import (
+    BAD_KINDS,
+    GeneratedRecord,
+    GeneratorConfig,
+    expected_reason,
+    generate,
+)
 from kappa.settings import Settings
 
 _LOG = logging.getLogger("kappa.kafka")
@@ -146,12 +154,37 @@ def _producer(settings: Settings, deliveries: _Deliveries) -> Producer:
     return Producer(config)
 
 
+def pregenerate(config: GeneratorConfig, *, margin: float = 1.5,
+                now_ms: int | None = None) -> tuple[GeneratorConfig, list[GeneratedRecord]]:
+    """The whole workload, generated before producing starts, stamped to start after that.
+
+    A real-time run (``--rate``) on the host it measures shares the CPU with the
+    flow under test; generating and Avro-encoding a record costs several times
+    what sending it does. Doing all of it up front leaves only the sends in the
+    timed phase, as load generators such as ``kafka-producer-perf-test`` do.
+    Record timestamps still follow the wall clock: ``start_ms`` is set past the
+    time generation takes, estimated from a probe of the same workload.
+
+    Returns:
+        The config actually generated (its ``start_ms``) and its records, in order.
+    """
+    probe = min(config.events, 5000)
+    began = time.perf_counter()
+    deque(generate(replace(config, events=probe, start_ms=0)), maxlen=0)
+    per_record_s = (time.perf_counter() - began) / probe
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    start_ms = now + int((1.0 + per_record_s * config.events * margin) * 1000)
+    planned = replace(config, start_ms=start_ms)
+    return planned, list(generate(planned))
+
+
 def produce(
     settings: Settings,
     config: GeneratorConfig,
     *,
     rate: float | None = None,
     progress: bool = False,
+    records: list[GeneratedRecord] | None = None,
 ) -> dict[str, Any]:
     """Generate ``config.events`` records and write them to ``settings.topic``.
 
@@ -160,11 +193,14 @@ def produce(
         config: The workload.
         rate: Real-time throttle in events per second (None: as fast as possible).
         progress: Show a tqdm bar on stderr.
+        records: ``config``'s records generated already (:func:`pregenerate`); with a
+            rate, sending starts at ``config.start_ms`` on the wall clock.
 
     Returns:
         JSON-able summary: topic, partitions, produced, good, late, duplicate,
         bad (per kind), by_reason (expected quarantine reason counts),
-        first/last record ts, seconds and events_per_s.
+        first/last record ts, seconds and events_per_s (and, for pre-generated
+        records, ``start_late_ms``: how far past ``start_ms`` sending began).
 
     Raises:
         ServiceUnavailable: The broker cannot be reached.
@@ -179,11 +215,18 @@ def produce(
     kinds: Counter[str] = Counter()
     first_ts: int | None = None
     last_ts: int | None = None
+    start_late_ms: int | None = None
+    source: Iterable[GeneratedRecord] = generate(config) if records is None else records
+    if records is not None and rate is not None and config.start_ms is not None:
+        wait_s = config.start_ms / 1000 - time.time()
+        if wait_s > 0:
+            time.sleep(wait_s)
+        start_late_ms = max(0, time.time_ns() // 1_000_000 - config.start_ms)
     started = time.perf_counter()
     bar = tqdm(total=config.events, file=sys.stderr, disable=not progress, unit="ev", unit_scale=True)
     topic, send, poll = settings.topic, producer.produce, producer.poll
     try:
-        for n, record in enumerate(generate(config), start=1):
+        for n, record in enumerate(source, start=1):
             while True:
                 try:
                     send(topic, record.value, record.key, timestamp=record.timestamp_ms)
@@ -221,7 +264,7 @@ def produce(
         reason = expected_reason(kind)
         if reason is not None:
             by_reason[reason] += count
-    return {
+    summary: dict[str, Any] = {
         "topic": topic,
         "partitions": partitions,
         "produced": produced,
@@ -235,3 +278,6 @@ def produce(
         "seconds": round(seconds, 3),
         "events_per_s": round(produced / seconds, 1) if seconds > 0 else None,
     }
+    if start_late_ms is not None:
+        summary["start_late_ms"] = start_late_ms
+    return summary

@@ -7,10 +7,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from kappa.cli import main
 from kappa.errors import ServiceUnavailable
 from kappa.generator import GeneratorConfig, generate
 from kappa.procs import free_port
-from kappa.produce import ensure_topics, produce
+from kappa.produce import ensure_topics, pregenerate, produce
 from kappa.settings import Settings
 
 
@@ -86,8 +87,26 @@ def test_rate_throttles(settings: Settings) -> None:
     assert time.monotonic() - started >= 0.9
 
 
+def test_pregenerated_records_are_the_generated_ones_sent_from_start_ms(settings: Settings) -> None:
+    config = GeneratorConfig(events=3000, users=50, seed=4, events_per_sim_second=3000.0)
+    planned, records = pregenerate(config)
+    assert planned.start_ms is not None and planned.start_ms > time.time() * 1000
+    assert [(r.key, r.value, r.timestamp_ms) for r in records] == [
+        (r.key, r.value, r.timestamp_ms) for r in generate(planned)]
+    summary = produce(settings, planned, rate=3000.0, records=records)
+    assert time.time() * 1000 >= planned.start_ms + 900  # paced after the planned start
+    assert summary["produced"] == 3000
+    assert summary["first_record_ts"] == records[0].timestamp_ms
+    assert 0 <= summary["start_late_ms"] < 1000
+
+
 def test_unreachable_broker(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}")
     with pytest.raises(ServiceUnavailable, match="unreachable") as info:
         produce(settings, GeneratorConfig(events=10))
     assert "\n" not in str(info.value)
+
+
+def test_pregenerate_needs_a_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["produce", "--events", "10", "--pregenerate"]) != 0
+    assert capsys.readouterr().err.strip() == "kappa: error: --pregenerate needs --rate and no --start-ms"
