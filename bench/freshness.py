@@ -81,7 +81,8 @@ def measure_freshness(settings: Settings, rate: int = 20_000, seconds: int = 60)
         events = rate * seconds
         produced = subprocess.run(
             [sys.executable, "-m", "kappa.cli", "produce", "--events", str(events), "--rate",
-             str(rate), "--users", "100000", "--items", "10000", "--seed", "2", "--no-progress", "--pregenerate"],
+             str(rate), "--users", "100000", "--items", "10000", "--seed", "2", "--no-progress",
+             "--pregenerate"],
             env=env, capture_output=True, check=True)
         summary = orjson.loads(produced.stdout)
         done_at = time.monotonic()
