@@ -28,13 +28,22 @@ log = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8
 """glibc's ``mallopt`` parameter number for the arena cap (malloc.h)."""
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 ARENAS = 2
+RETURN_ABOVE_BYTES = 128 * 1024
+"""Blocks at least this large are mmapped (freed straight back to the OS), and free
+heap tops beyond it are trimmed. glibc's default raises the mmap threshold to
+32 MiB after the first large free, so the Iceberg commits' transient Arrow and
+Parquet buffers stayed in the heap: fixing both at 128 KiB lowered the brk heap
+at the peak from ~300 to ~95 MB and peak RSS by ~100 MB (1M-event runs)."""
 
 
 @functools.cache
 def apply_memory_policy() -> dict[str, object]:
     """Cap glibc arenas and put Arrow on the system pool (idempotent); what was applied."""
-    applied: dict[str, object] = {"arrow_pool": None, "malloc_arena_max": None}
+    applied: dict[str, object] = {"arrow_pool": None, "malloc_arena_max": None,
+                                  "malloc_return_above": None}
     if pa.default_memory_pool().backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
     applied["arrow_pool"] = pa.default_memory_pool().backend_name
@@ -49,4 +58,7 @@ def apply_memory_policy() -> dict[str, object]:
     mallopt.restype = ctypes.c_int
     if mallopt(M_ARENA_MAX, ARENAS) == 1:
         applied["malloc_arena_max"] = ARENAS
+    if (mallopt(M_MMAP_THRESHOLD, RETURN_ABOVE_BYTES) == 1
+            and mallopt(M_TRIM_THRESHOLD, RETURN_ABOVE_BYTES) == 1):
+        applied["malloc_return_above"] = RETURN_ABOVE_BYTES
     return applied

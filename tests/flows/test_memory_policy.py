@@ -7,7 +7,7 @@ import platform
 
 import pyarrow as pa
 
-from flows.memory_policy import ARENAS, apply_memory_policy
+from flows.memory_policy import ARENAS, RETURN_ABOVE_BYTES, apply_memory_policy
 
 
 def test_policy_puts_arrow_on_the_system_pool_and_caps_arenas() -> None:
@@ -21,3 +21,4 @@ def test_policy_puts_arrow_on_the_system_pool_and_caps_arenas() -> None:
     assert apply_memory_policy() is applied
     if platform.system() == "Linux" and ctypes.util.find_library("c"):
         assert applied["malloc_arena_max"] == ARENAS
+        assert applied["malloc_return_above"] == RETURN_ABOVE_BYTES
