@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from kappa.errors import ServiceUnavailable, TerminalError, TransientError
 from kappa.metrics import ICEBERG_COMMIT_SECONDS, SINK_ERRORS, SINK_ROWS, SINK_WRITE_SECONDS
 from sinks.catalog import IcebergConfig
+from sinks.sliced_append import append_sliced
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class TableWriter:
             attempt += 1
             try:
                 with self._table.transaction() as tx:
-                    tx.append(data, snapshot_properties=summary)
+                    append_sliced(tx, self._table.io, data, summary)
                     _fault_pause_inside_commit(self.name)
                 return
             except CommitFailedException as exc:
