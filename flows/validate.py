@@ -33,6 +33,7 @@ REASONS: tuple[str, ...] = (
 REQUIRED_IDS: tuple[str, ...] = ("event_id", "user_id", "item_id", "session_id")
 NEEDS_AMOUNT = frozenset({"purchase", "refund"})
 _CURRENCY = re.compile(r"[A-Z]{3}\Z")
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 Decode = Callable[[bytes], tuple[dict, int]]
 """Turns framed bytes into (record, writer schema id); raises ``DecodeError``."""
@@ -85,6 +86,21 @@ def check_fields(event: dict) -> tuple[str, str] | None:
     return None
 
 
+def dedup_key(event_id: str) -> int | str:
+    """The dedup index's key for an event id: a canonical UUID as its 128-bit int.
+
+    Why: the index holds every counted id for a whole horizon (1M ids in a 1M-event
+    run) and a 36-character str costs 85 bytes where the int costs 44, about 40 MB
+    of peak RSS per million ids; it also lets the decoded str die with its event.
+    Only the lower-case canonical form converts, so the map is one-to-one (an int
+    never equals a str, and no two accepted strings give the same int); any other
+    id is kept as it is.
+    """
+    if _CANONICAL_UUID.fullmatch(event_id) is None:
+        return event_id
+    return int(event_id.replace("-", ""), 16)
+
+
 class PartitionValidator:
     """Validation state of one source partition: ingest clock and dedup index.
 
@@ -101,12 +117,14 @@ class PartitionValidator:
         """Running max of record timestamps: the deterministic ingest clock."""
         self.idle_clock_ms: int | None = None
         """Wall time reached while idle (live only); never moves lateness backwards."""
-        self.seen: dict[str, int] = {}
-        """event_id -> ts of the last counted event with that id."""
+        self.seen: dict[int | str, int] = {}
+        """``dedup_key(event_id)`` -> ts of the last counted event with that id."""
         self._swept_at: int | None = None
         if state is not None:
-            (self.record_clock_ms, self.idle_clock_ms, self.seen,
+            (self.record_clock_ms, self.idle_clock_ms, seen,
              self._swept_at) = pickle.loads(state)  # noqa: S301 - our own snapshot
+            # Snapshots taken before ids were keyed by dedup_key hold plain strs.
+            self.seen = {dedup_key(k) if isinstance(k, str) else k: v for k, v in seen.items()}
 
     def snapshot(self) -> bytes:
         """An immutable copy of the state (pickled bytes) for Bytewax recovery."""
@@ -131,6 +149,7 @@ class PartitionValidator:
         limit = cfg.max_record_bytes
         decode = self._decode
         seen = self.seen
+        canonical = _CANONICAL_UUID.fullmatch
         events: list[Event] = []
         bad: list[Quarantined] = []
         clock = self.record_clock_ms
@@ -168,12 +187,13 @@ class PartitionValidator:
                                        schema_id, clock_ms=reference))
                 continue
             eid = event["event_id"]
-            prev = seen.get(eid)
+            key = eid if canonical(eid) is None else int(eid.replace("-", ""), 16)  # dedup_key
+            prev = seen.get(key)
             if prev is not None and abs(ts - prev) <= horizon:
                 bad.append(Quarantined(rec, "duplicate", f"event_id {eid} already counted",
                                        schema_id, clock_ms=reference))
                 continue
-            seen[eid] = ts
+            seen[key] = ts
             event["topic"] = rec.topic
             event["partition"] = rec.partition
             event["offset"] = rec.offset

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import pickle
+import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flows.records import RawBatch, RawRecord
-from flows.validate import REASONS, PartitionValidator, ValidationConfig, check_fields
+from flows.validate import (
+    REASONS,
+    PartitionValidator,
+    ValidationConfig,
+    check_fields,
+    dedup_key,
+)
 from schemas.registry import FileRegistry
 from schemas.serde import Decoder, encode, frame
 
@@ -126,3 +136,57 @@ def test_check_fields_accepts_null_currency_and_reasons_are_known() -> None:
     assert check_fields(event(currency=None)) is None
     assert set(REASONS) == {"oversize", "undecodable", "unknown_schema", "missing_field",
                             "invalid_value", "future_timestamp", "late", "duplicate"}
+
+
+UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+def test_uuid_ids_dedupe_and_other_spellings_stay_distinct() -> None:
+    first = rec(encode(event(event_id=UUID), V1), offset=0)
+    again = rec(encode(event(event_id=UUID), V1), offset=1)
+    upper = rec(encode(event(event_id=UUID.upper()), V1), offset=2)
+    bare = rec(encode(event(event_id=UUID.replace("-", "")), V1), offset=3)
+    events, bad = validate(first, again, upper, bare)
+    assert [e["offset"] for e in events] == [0, 2, 3]
+    assert bad == ["duplicate"]
+    assert events[0]["event_id"] == UUID  # the event keeps its id as decoded
+
+
+def test_snapshot_with_str_keys_still_dedupes() -> None:
+    """A snapshot from before ids were keyed by dedup_key (plain str keys)."""
+    cfg = ValidationConfig()
+    old = pickle.dumps((T0, None, {UUID: T0, "e1": T0}, T0))
+    restored = PartitionValidator(cfg, Decoder(REG).decode, old)
+    out = restored.validate(RawBatch("t", 0, 1, [
+        rec(encode(event(event_id=UUID), V1), offset=5),
+        rec(encode(event(event_id="e1"), V1), offset=6)], 0))
+    assert [q.reason for q in out.quarantined] == ["duplicate", "duplicate"]
+
+
+@given(st.uuids(), st.text(min_size=1, max_size=40))
+def test_dedup_key_is_one_to_one(u: uuid.UUID, other: str) -> None:
+    canonical = str(u)
+    assert dedup_key(canonical) == u.int
+    assert dedup_key(other) == (uuid.UUID(other).int if other == canonical_form(other) else other)
+    if other != canonical:
+        assert dedup_key(other) != dedup_key(canonical)
+
+
+def canonical_form(text: str) -> str | None:
+    """``text`` if it is a lower-case canonical UUID string, else None."""
+    try:
+        return str(uuid.UUID(text)) if str(uuid.UUID(text)) == text else None
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("spelling", [
+    "0000_000-0000-4000-8000-000000000000",  # int() would accept the underscore
+    " 0000000-0000-4000-8000-000000000000",  # ... and surrounding whitespace
+    "00000000-0000-4000-8000-00000000000A",  # upper-case hex
+    "00000000-0000-4000-8000-٠٠٠٠٠٠٠٠٠٠٠٠",  # Arabic-Indic digits int() reads as 0
+    "00000000000040008000000000000000",
+])
+def test_non_canonical_spellings_keep_their_str(spelling: str) -> None:
+    assert dedup_key(spelling) == spelling
+    assert dedup_key(spelling) != dedup_key("00000000-0000-4000-8000-000000000000")
