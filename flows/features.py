@@ -155,7 +155,7 @@ class FeatureShard:
             dirty = self.dirty[view.name]
             spec = state.spec
             name = view.name
-            names = view.feature_names
+            names = tuple(view.feature_names)
             entities: list[str] = []
             starts: list[int] = []
             ends: list[int] = []
@@ -176,8 +176,8 @@ class FeatureShard:
                 if entity_latest is not None and is_online(start, end, entity_latest):
                     online.append(FeatureRow(
                         view=name, entity=entity, window_start_ms=start, window_end_ms=end,
-                        features=dict(zip(names, values, strict=True)), final=True,
-                        seq=spec.count(agg) * 2 + 1, last_ingest_ms=spec.last_ingest(agg)))
+                        features=values, final=True, seq=spec.count(agg) * 2 + 1,
+                        last_ingest_ms=spec.last_ingest(agg), names=names))
                     del latest[entity]
                     dirty.discard(entity)
             # Row tuples become columns in one C-level transpose.

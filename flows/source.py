@@ -105,10 +105,12 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, int]):
             "session.timeout.ms": "6000",
             # librdkafka prefetches up to 64 MiB per partition by default. The flow
             # decodes ~5x slower than a fetch arrives, so a deep queue is only memory:
-            # 16 MiB per partition held ~150 MB of a 1M-event run's peak RSS, 1 MiB
-            # (about one batch of ~200-byte records) none, at the same events/s.
+            # 16 MiB per partition held ~150 MB of a 1M-event run's peak RSS. 2 MiB is
+            # two fetches (max.partition.fetch.bytes is 1 MiB), so the next fetch lands
+            # while one is consumed: at 1 MiB two processes stalled on every refill
+            # (31k vs 41k events/s), at 2 MiB they run as fast as at 16 MiB.
             "queued.min.messages": str(config.batch_size),
-            "queued.max.messages.kbytes": "1024",
+            "queued.max.messages.kbytes": "2048",
         }
         conf.update(config.kafka)
         self._consumer = Consumer(conf)

@@ -210,7 +210,7 @@ def encode_row(row: FeatureRow, written_at_ms: int, iso: Mapping[int, str]) -> b
         "window_start_ms": row.window_start_ms,
         "window_end_ms": row.window_end_ms,
         "final": row.final,
-        "features": row.features,
+        "features": row.feature_map(),
         "written_at_ms": written_at_ms,
     })
 

@@ -369,8 +369,9 @@ def feature_rows(view: FeatureView, rows: list[FeatureRow]) -> pa.Table:
         _ms_to_ts([r.window_start_ms for r in rows]),
         _ms_to_ts([r.window_end_ms for r in rows]),
     ]
+    maps = [r.feature_map() for r in rows]
     for name in view.feature_names:
-        columns.append([r.features.get(name) for r in rows])
+        columns.append([m.get(name) for m in maps])
     return _table(_features_arrow(view), columns)
 
 

@@ -79,5 +79,5 @@ def test_bounded_flow_routes_everything_and_closes_all_windows() -> None:
     assert {(r.view, r.entity) for r in online} >= {("user_activity_1m", "u1"),
                                                     ("user_activity_1m", "u2")}
     u1 = next(r for r in online if r.view == "user_session" and r.entity == "u1")
-    assert u1.features == {"session_event_count": 5, "session_duration_s": 4.0,
+    assert u1.feature_map() == {"session_event_count": 5, "session_duration_s": 4.0,
                            "session_purchase_amount": 12.5}

@@ -115,11 +115,11 @@ def test_streaming_equals_reference(specs: list[dict[str, Any]], seed: int, shar
         expected = reference_windows(view, counted)
         got = [(r.entity, r.window_start_ms, r.window_end_ms) for r in history if r.view == view.name]
         assert len(got) == len(set(got)), f"{view.name}: a window was emitted twice"
-        got_map = {(r.entity, r.window_start_ms, r.window_end_ms): r.features
+        got_map = {(r.entity, r.window_start_ms, r.window_end_ms): r.feature_map()
                    for r in history if r.view == view.name}
         assert got_map == expected, view.name
         exp_online = reference_online(view, counted)
-        got_online = {e: (r.window_start_ms, r.window_end_ms, r.features)
+        got_online = {e: (r.window_start_ms, r.window_end_ms, r.feature_map())
                       for (v, e), r in store.items() if v == view.name}
         assert got_online == exp_online, view.name
         assert all(r.final for (v, _), r in store.items() if v == view.name)
@@ -152,8 +152,8 @@ def test_large_random_streams_equal_reference() -> None:
             got = [(r.entity, r.window_start_ms, r.window_end_ms)
                    for r in history if r.view == view.name]
             assert len(got) == len(set(got)), f"{view.name}: a window was emitted twice"
-            assert {(r.entity, r.window_start_ms, r.window_end_ms): r.features
+            assert {(r.entity, r.window_start_ms, r.window_end_ms): r.feature_map()
                     for r in history if r.view == view.name} == reference_windows(view, counted)
-            assert {e: (r.window_start_ms, r.window_end_ms, r.features)
+            assert {e: (r.window_start_ms, r.window_end_ms, r.feature_map())
                     for (v, e), r in store.items() if v == view.name} == reference_online(
                         view, counted)

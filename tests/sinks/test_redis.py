@@ -22,6 +22,8 @@ from sinks.redis import (
     RedisConfig,
     RedisFeatureSink,
     RedisFeatureWriter,
+    _IsoCache,
+    encode_row,
     feature_key,
     read_features,
     redis_client,
@@ -225,3 +227,18 @@ def test_sink_in_dataflow(config: RedisConfig, client: redis.Redis) -> None:
     run_main(flow)
     out = read_features(client, "kappa", VIEW, ["u1", "u2"])
     assert [r["features"]["event_count"] for r in out] == [9, 1]
+
+
+def test_a_values_tuple_row_encodes_like_its_dict_row() -> None:
+    """Final rows from a close carry their values tuple and names, not a dict."""
+    names = ("event_count", "purchase_amount_sum")
+    by_name = FeatureRow(view=USER_ACTIVITY_1M.name, entity="u1", window_start_ms=60_000,
+                         window_end_ms=120_000, features={"event_count": 3,
+                                                          "purchase_amount_sum": 9.5},
+                         final=True, seq=7)
+    by_tuple = by_name._replace(features=(3, 9.5), names=names)
+    assert by_tuple.feature_map() == by_name.feature_map() == by_name.features
+    iso = _IsoCache()
+    assert encode_row(by_tuple, 1, iso) == encode_row(by_name, 1, iso)
+    with pytest.raises(ValueError, match="zip"):
+        by_name._replace(features=(3,), names=names).feature_map()
