@@ -98,7 +98,7 @@ class Settings:
     dedup_horizon_s: float = 600.0
     future_tolerance_s: float = 300.0
     max_record_bytes: int = 65536
-    flush_interval_s: float = 1.0
+    flush_interval_s: float = 0.5
     commit_interval_s: float = 10.0
     max_buffer_rows: int = 100_000
     shards: int = 4
@@ -255,7 +255,7 @@ class Settings:
             dedup_horizon_s=_float(env, "KAPPA_DEDUP_HORIZON_S", 600.0),
             future_tolerance_s=_float(env, "KAPPA_FUTURE_TOLERANCE_S", 300.0),
             max_record_bytes=_int(env, "KAPPA_MAX_RECORD_BYTES", 65536, minimum=64),
-            flush_interval_s=_float(env, "KAPPA_FLUSH_INTERVAL_S", 1.0, minimum=0.05),
+            flush_interval_s=_float(env, "KAPPA_FLUSH_INTERVAL_S", 0.5, minimum=0.05),
             commit_interval_s=_float(env, "KAPPA_COMMIT_INTERVAL_S", 10.0, minimum=0.1),
             max_buffer_rows=_int(env, "KAPPA_MAX_BUFFER_ROWS", 100_000, minimum=1),
             shards=_int(env, "KAPPA_SHARDS", 4, minimum=1),
