@@ -1,10 +1,13 @@
 """Mergeable aggregate state for one (entity, window), compiled from a view.
 
 State is a plain list (cheap to create, update and pickle): one slot per base
-feature, then ``[n_events, first_ts, last_ts, last_ingest_ms]``. Sums keep their
-terms and are totalled with ``math.fsum``, which rounds exactly once, so a sum
-does not depend on the order events arrived in: a live run, a replay and the
-batch reference give bit-identical values.
+feature, then ``[n_events, first_ts, last_ts, last_ingest_ms]``. A sum is kept
+exactly, as Shewchuk's non-overlapping partials (:func:`add_exact`, the
+algorithm inside ``math.fsum``), and totalled with ``math.fsum``, which rounds
+exactly once: a sum does not depend on the order events arrived in, so a live
+run, a replay and the batch reference give bit-identical values. Keeping every
+term instead (as this did before) gave the same values but made a hot entity's
+state and every live flush of it grow with its event count.
 
 The per-view programs (new, add, merge, copy, finish) are generated as Python
 source and compiled once per view. Why not a loop over the view's features:
@@ -25,6 +28,30 @@ from flows.views import FeatureView
 
 Agg = list[Any]
 
+
+def add_exact(partials: list[float], x: float) -> None:
+    """Add ``x`` to an exact sum held as partials (Shewchuk's ``msum`` step).
+
+    Afterwards the partials still sum *exactly* to every value added so far
+    (each step is an error-free two-sum), so ``math.fsum(partials)`` is the
+    correctly rounded total, the same as ``fsum`` of all the terms in any order.
+    Any list of floats is a valid start (old states kept the terms themselves).
+    The list stays short: its entries do not overlap in their bits. Why by hand:
+    ``math.fsum`` keeps its partials internal, and no library offers a running
+    exact float sum.
+    """
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
 _BASE_KINDS = ("count", "sum", "max", "distinct")
 _EMPTY = {"count": "0", "sum": "[]", "max": "None", "distinct": "set()"}
 
@@ -34,7 +61,7 @@ def _program(view: FeatureView) -> tuple[str, dict[str, Any], int]:
     base = [f for f in view.features if f.agg in _BASE_KINDS]
     slot = {f.name: i for i, f in enumerate(base)}
     b = len(base)
-    env: dict[str, Any] = {"fsum": math.fsum}
+    env: dict[str, Any] = {"fsum": math.fsum, "add_exact": add_exact}
     where_names: dict[frozenset[str], str] = {}
 
     def where_of(where: frozenset[str]) -> str:
@@ -56,7 +83,7 @@ def _program(view: FeatureView) -> tuple[str, dict[str, Any], int]:
             lines.append(f"{pad}agg[{i}] += 1")
         elif f.agg == "sum":
             lines += [f"{pad}v = event[{f.field!r}]", f"{pad}if v is not None:",
-                      f"{pad}    agg[{i}].append(v)"]
+                      f"{pad}    add_exact(agg[{i}], v)"]
         elif f.agg == "max":
             lines += [f"{pad}v = event[{f.field!r}]",
                       f"{pad}if v is not None and (agg[{i}] is None or v > agg[{i}]):",
@@ -80,7 +107,7 @@ def _program(view: FeatureView) -> tuple[str, dict[str, Any], int]:
             lines.append(f"    into[{i}] += other[{i}]")
             copied.append(f"other[{i}]")
         elif f.agg == "sum":
-            lines.append(f"    into[{i}].extend(other[{i}])")
+            lines += [f"    p = into[{i}]", f"    for v in other[{i}]:", "        add_exact(p, v)"]
             copied.append(f"list(other[{i}])")
         elif f.agg == "max":
             lines += [f"    v = other[{i}]",

@@ -3,11 +3,14 @@ test_windowing_property against the reference)."""
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from flows.aggregates import AggSpec
+from flows.aggregates import AggSpec, add_exact
 from flows.views import DEFAULT_VIEWS, USER_SPEND_1H, Feature, FeatureView, Tumbling
 
 
@@ -51,3 +54,37 @@ def test_ratio_of_a_later_ratio_is_refused() -> None:
     ))
     with pytest.raises(ValueError, match="defined after"):
         AggSpec(view)
+
+
+_AMOUNTS = st.lists(st.one_of(st.floats(min_value=0, max_value=1e12), st.sampled_from(
+    [0.1, 0.2, 0.3, 9.99, 1e-300, 5e-324, 1e15, 2.0 ** 52])), max_size=200)
+
+
+@given(_AMOUNTS, _AMOUNTS, st.randoms())
+def test_exact_partials_total_like_fsum_of_all_terms(xs: list[float], ys: list[float],
+                                                     rnd: object) -> None:
+    """Reference: ``math.fsum`` over every term; any order, any split, any merge."""
+    left: list[float] = []
+    for x in xs:
+        add_exact(left, x)
+    right: list[float] = []
+    for y in ys:
+        add_exact(right, y)
+    assert math.fsum(left) == math.fsum(xs)
+    shuffled = xs + ys
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    merged: list[float] = []
+    for v in shuffled:
+        add_exact(merged, v)
+    for v in right:  # merging a state into another: add its partials
+        add_exact(left, v)
+    assert math.fsum(left) == math.fsum(merged) == math.fsum(xs + ys)
+    assert len(left) <= 40  # non-overlapping partials of doubles stay few
+
+
+def test_state_with_plain_terms_keeps_summing_exactly() -> None:
+    """States pickled before partials hold the terms themselves: still exact."""
+    terms = [0.1] * 10 + [1e16, 1.0]
+    partials = list(terms)
+    add_exact(partials, 0.7)
+    assert math.fsum(partials) == math.fsum([*terms, 0.7])
