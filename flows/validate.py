@@ -149,7 +149,6 @@ class PartitionValidator:
         limit = cfg.max_record_bytes
         decode = self._decode
         seen = self.seen
-        canonical = _CANONICAL_UUID.fullmatch
         events: list[Event] = []
         bad: list[Quarantined] = []
         clock = self.record_clock_ms
@@ -187,7 +186,7 @@ class PartitionValidator:
                                        schema_id, clock_ms=reference))
                 continue
             eid = event["event_id"]
-            key = eid if canonical(eid) is None else int(eid.replace("-", ""), 16)  # dedup_key
+            key = dedup_key(eid)
             prev = seen.get(key)
             if prev is not None and abs(ts - prev) <= horizon:
                 bad.append(Quarantined(rec, "duplicate", f"event_id {eid} already counted",
