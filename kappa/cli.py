@@ -136,7 +136,8 @@ def cmd_features_get(args: argparse.Namespace) -> None:
     """Online lookup through the current-version pointer."""
     from flows.views import load_views, views_by_name
     from replay.versions import current_for
-    from sinks.redis import read_features, redis_client
+    from sinks.redis import redis_client
+    from sinks.redis_documents import read_features
 
     settings = _settings(args)
     views = views_by_name(load_views(settings.views_module))

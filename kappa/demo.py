@@ -55,7 +55,8 @@ def demo(*, events: int, users: int, items: int, seed: int) -> dict[str, Any]:
     from kappa.generator import GeneratorConfig
     from kappa.produce import produce
     from kappa.stack import status, up
-    from sinks.redis import read_features, redis_client
+    from sinks.redis import redis_client
+    from sinks.redis_documents import read_features
 
     external = [name for name in _EXTERNAL if os.environ.get(name)]
     if external:

@@ -1,11 +1,6 @@
 """Online store: the latest feature vector per (view, entity) in Redis, replay-safe.
 
-Key layout: ``{prefix}:{view}:{entity}`` is a hash with fields
-
-* ``we``  — window end, epoch ms (the version of the value),
-* ``seq`` — update counter within that window (the final write is the largest),
-* ``v``   — the JSON document served to readers (see :func:`encode_row`).
-
+The key layout and the stored document live in ``sinks.redis_documents``.
 Every write goes through one Lua script (:data:`WRITE_IF_NEWER`) that stores a
 row only if it is newer than what is there — a larger window end, or the same
 window end with a larger ``seq`` — and then sets the view's TTL (``PERSIST``
@@ -19,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -38,6 +32,7 @@ from flows.views import FeatureView
 from kappa.errors import ConfigError, ServiceUnavailable
 from kappa.metrics import FRESHNESS_SECONDS, SINK_ERRORS, SINK_ROWS, SINK_WRITE_SECONDS
 from kappa.settings import mask_url
+from sinks.redis_documents import IsoCache, encode_row, feature_key, wall_ms
 
 if TYPE_CHECKING:
     from kappa.settings import Settings
@@ -88,10 +83,6 @@ end
 return out
 """
 
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def redis_client(url: str, *, socket_timeout_s: float = 5.0, connect_timeout_s: float = 2.0,
@@ -176,45 +167,6 @@ class RedisConfig:
                              prefix=prefix or settings.redis_prefix)
 
 
-def feature_key(prefix: str, view: str, entity: str) -> str:
-    """The hash holding ``entity``'s latest vector of ``view``."""
-    return f"{prefix}:{view}:{entity}"
-
-
-class _IsoCache(dict[int, str]):
-    """Epoch ms → ``2024-01-01T00:00:00.000Z``; windows repeat, so formatting is cached.
-
-    A dict with ``__missing__``: a hit is a C-level subscript, not a Python call
-    (two per written row).
-    """
-
-    def __init__(self, limit: int = 65_536) -> None:
-        super().__init__()
-        self._limit = limit
-
-    def __missing__(self, ms: int) -> str:
-        if len(self) >= self._limit:
-            self.clear()
-        text = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
-        text = self[ms] = text.replace("+00:00", "Z")
-        return text
-
-
-def encode_row(row: FeatureRow, written_at_ms: int, iso: Mapping[int, str]) -> bytes:
-    """The ``v`` document: ISO-8601 UTC window bounds for the API, plus the ms values."""
-    return orjson.dumps({
-        "view": row.view,
-        "entity": row.entity,
-        "window_start": iso[row.window_start_ms],
-        "window_end": iso[row.window_end_ms],
-        "window_start_ms": row.window_start_ms,
-        "window_end_ms": row.window_end_ms,
-        "final": row.final,
-        "features": row.feature_map(),
-        "written_at_ms": written_at_ms,
-    })
-
-
 class RedisFeatureWriter:
     """Batched, replay-safe writer of feature rows.
 
@@ -229,7 +181,7 @@ class RedisFeatureWriter:
     """
 
     def __init__(self, config: RedisConfig, client: redis.Redis | None = None, *,
-                 now_ms: Callable[[], int] = _wall_ms,
+                 now_ms: Callable[[], int] = wall_ms,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._config = config
         self._client = client if client is not None else redis_client(
@@ -238,7 +190,7 @@ class RedisFeatureWriter:
         self._script = self._client.register_script(WRITE_IF_NEWER)
         self._now_ms = now_ms
         self._sleep = sleep
-        self._iso = _IsoCache()
+        self._iso = IsoCache()
 
     def _ttl(self, view: str) -> int:
         try:
@@ -297,7 +249,7 @@ class RedisFeatureWriter:
             ttl = ttls.get(row.view)
             if ttl is None:
                 ttl = ttls[row.view] = self._ttl(row.view)
-            keys.append(f"{prefix}:{row.view}:{row.entity}")
+            keys.append(feature_key(prefix, row.view, row.entity))
             doc = encode_row(row, now, iso)
             docs.append(doc)
             meta += (row.window_end_ms, row.seq, len(doc), ttl)
@@ -363,44 +315,6 @@ class RedisFeatureWriter:
     def close(self) -> None:
         """Release the connection pool."""
         self._client.close()
-
-
-def read_features(client: redis.Redis, prefix: str, view: FeatureView, entities: list[str],
-                  now_ms: int | None = None) -> list[dict[str, Any]]:
-    """Online lookup of ``entities`` in one round trip (pipelined ``HGET … v``).
-
-    Returns one dict per entity, in order: ``view``, ``entity``, ``status``
-    (``ok`` | ``missing``), ``features``, ``window_start``, ``window_end`` (ISO
-    UTC), ``final`` and, when found, ``age_s`` (event-time age: now minus the
-    window end) and ``written_at_ms``. A missing entity is a status, never an error.
-
-    Raises:
-        ServiceUnavailable: Redis did not answer.
-    """
-    now = _wall_ms() if now_ms is None else now_ms
-    try:
-        pipe = client.pipeline(transaction=False)
-        for entity in entities:
-            pipe.hget(f"{prefix}:{view.name}:{entity}", "v")
-        raw = pipe.execute()
-    except RedisError as exc:
-        msg = f"cannot read features from Redis: {exc}".splitlines()[0]
-        raise ServiceUnavailable(msg) from exc
-    out: list[dict[str, Any]] = []
-    for entity, value in zip(entities, raw, strict=True):
-        if value is None:
-            out.append({"view": view.name, "entity": entity, "status": "missing",
-                        "features": None, "window_start": None, "window_end": None,
-                        "final": None})
-            continue
-        doc = orjson.loads(value)
-        out.append({
-            "view": view.name, "entity": entity, "status": "ok",
-            "features": doc["features"], "window_start": doc["window_start"],
-            "window_end": doc["window_end"], "final": doc["final"],
-            "age_s": (now - doc["window_end_ms"]) / 1000, "written_at_ms": doc["written_at_ms"],
-        })
-    return out
 
 
 class _RedisFeaturePartition(StatelessSinkPartition[list[FeatureRow]]):

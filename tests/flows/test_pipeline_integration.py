@@ -23,7 +23,7 @@ from kappa.settings import Settings
 from schemas.registry import FileRegistry
 from schemas.serde import DecodeError, Decoder
 from sinks.iceberg import open_catalog
-from sinks.redis import read_features
+from sinks.redis_documents import read_features
 from tests.kafka_util import read_all
 from tests.reference import Rec, reference_online, reference_validate, reference_windows
 

@@ -22,12 +22,9 @@ from sinks.redis import (
     RedisConfig,
     RedisFeatureSink,
     RedisFeatureWriter,
-    _IsoCache,
-    encode_row,
-    feature_key,
-    read_features,
     redis_client,
 )
+from sinks.redis_documents import IsoCache, encode_row, feature_key, read_features
 
 VIEW = USER_ACTIVITY_1M
 FOREVER = FeatureView(name="forever_1m", entity="user_id", window=Tumbling(size_s=60),
@@ -238,7 +235,7 @@ def test_a_values_tuple_row_encodes_like_its_dict_row() -> None:
                          final=True, seq=7)
     by_tuple = by_name._replace(features=(3, 9.5), names=names)
     assert by_tuple.feature_map() == by_name.feature_map() == by_name.features
-    iso = _IsoCache()
+    iso = IsoCache()
     assert encode_row(by_tuple, 1, iso) == encode_row(by_name, 1, iso)
     with pytest.raises(ValueError, match="zip"):
         by_name._replace(features=(3,), names=names).feature_map()
