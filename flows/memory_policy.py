@@ -1,4 +1,4 @@
-"""Where a run's native memory comes from: fewer glibc arenas, Arrow on the system allocator.
+"""A run's native memory: fewer glibc arenas, large blocks returned, Arrow on the system pool.
 
 Why: at 1M events most of a run's peak RSS was not Python objects but
 allocator retention (measured with ``/proc/<pid>/smaps`` at the peak: 410 MB in
@@ -41,7 +41,10 @@ at the peak from ~300 to ~95 MB and peak RSS by ~100 MB (1M-event runs)."""
 
 @functools.cache
 def apply_memory_policy() -> dict[str, object]:
-    """Cap glibc arenas and put Arrow on the system pool (idempotent); what was applied."""
+    """Cap glibc arenas, fix its return-to-OS thresholds, put Arrow on the system pool.
+
+    Idempotent; returns what was applied.
+    """
     applied: dict[str, object] = {"arrow_pool": None, "malloc_arena_max": None,
                                   "malloc_return_above": None}
     if pa.default_memory_pool().backend_name != "system":
