@@ -23,7 +23,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.stack import cli_env
-from kappa.procs import free_port
+from kappa.procs import free_port, port_open
 from kappa.produce import ensure_topics
 from kappa.settings import Settings
 
@@ -66,22 +66,47 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
     return None
 
 
-def measure_freshness(settings: Settings, rate: int = 20_000, seconds: int = 60) -> dict[str, Any]:
-    """Produce ``rate`` events/s for ``seconds`` into a live run; freshness p50/p99 and lag."""
-    target = replace(settings, topic=f"{settings.topic}_fresh", namespace="fresh",
-                     redis_prefix="fresh")
+def _free_port_run(count: int) -> int:
+    """A base port with ``count`` consecutive ports free a moment ago."""
+    for _ in range(100):
+        base = free_port()
+        if base + count <= 65_536 and all(not port_open(base + i) for i in range(1, count)):
+            return base
+    msg = f"no {count} consecutive free ports found"
+    raise RuntimeError(msg)
+
+
+def _scrape_all(ports: list[int]) -> dict[str, Any]:
+    """``_scrape`` summed over the processes of one run (same bucket bounds in each)."""
+    scrapes = [_scrape(p) for p in ports]
+    bounds = scrapes[0]["buckets"]
+    buckets = [(le, sum(s["buckets"][i][1] for s in scrapes if s["buckets"]))
+               for i, (le, _) in enumerate(bounds)]
+    return {"buckets": buckets, "consumed": sum(s["consumed"] for s in scrapes)}
+
+
+def measure_freshness(settings: Settings, rate: int = 20_000, seconds: int = 60,
+                      processes: int = 1) -> dict[str, Any]:
+    """Produce ``rate`` events/s for ``seconds`` into a live run; freshness p50/p99 and lag.
+
+    ``processes > 1`` runs ``kappa run --processes N`` (its own topic and outputs):
+    process i serves ``/metrics`` on the base port + i, and their histograms are summed.
+    """
+    tag = "fresh" if processes == 1 else f"fresh{processes}"
+    target = replace(settings, topic=f"{settings.topic}_{tag}", namespace=tag, redis_prefix=tag)
     ensure_topics(target)
-    port = free_port()
+    port = _free_port_run(processes)
+    ports = [port + i for i in range(processes)]
     env = cli_env(target, KAPPA_METRICS_PORT=str(port), KAPPA_RECOVERY="0",
-                  KAPPA_NAMESPACE="fresh", KAPPA_REDIS_PREFIX="fresh")
-    live = subprocess.Popen([sys.executable, "-m", "kappa.cli", "run"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                  KAPPA_NAMESPACE=tag, KAPPA_REDIS_PREFIX=tag)
+    live = subprocess.Popen([sys.executable, "-m", "kappa.cli", "run", "--processes",
+                             str(processes)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         # Produce only once the flow is /ready (built, sinks open, every partition
         # polled): events produced while it still starts up would measure the
         # start-up, not the steady state (measured: a first run's p99 was 2-3x).
         deadline = time.monotonic() + 90
-        while not _ready(port):
+        while not all(_ready(p) for p in ports):
             if live.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"live run did not become ready: "
                                  f"{live.stderr.read().decode()[-2000:]}"
@@ -97,20 +122,20 @@ def measure_freshness(settings: Settings, rate: int = 20_000, seconds: int = 60)
         done_at = time.monotonic()
         drained = False
         while time.monotonic() < done_at + 120:
-            if _scrape(port)["consumed"] >= events:
+            if _scrape_all(ports)["consumed"] >= events:
                 drained = True
                 break
             time.sleep(0.5)
         drain_s = time.monotonic() - done_at
         time.sleep(2.0)  # the last flush interval
-        buckets = _scrape(port)["buckets"]
+        buckets = _scrape_all(ports)["buckets"]
     finally:
         live.send_signal(signal.SIGTERM)
         try:
             live.wait(timeout=60)
         except subprocess.TimeoutExpired:
             live.kill()
-    return {"target_rate": rate, "seconds": seconds,
+    return {"target_rate": rate, "seconds": seconds, "processes": processes,
             "produced_events_per_s": summary.get("events_per_s"),
             "producer_start_late_ms": summary.get("start_late_ms"),
             "drained": drained, "drain_after_produce_s": round(drain_s, 2),

@@ -216,12 +216,14 @@ class RedisFeatureWriter:
     def _write_slice(self, rows: list[FeatureRow]) -> int:
         """One pipelined round trip for a slice of a write.
 
-        Each chunk's script call is sent as soon as it is encoded, and the replies
-        are read after the last one: Redis runs chunk k while this thread encodes
+        Each chunk's script call is sent as soon as it is encoded, and replies
+        are read as they arrive: Redis runs chunk k while this thread encodes
         chunk k+1 (redis-py's ``Pipeline`` encodes everything first, so the worker
         sat idle for the whole server time; 16% of a live worker's wall time,
         py-spy). Encoding a whole final close at once (millions of rows) would
         hold every encoded document and the packed commands in memory.
+        Freshness is timed per chunk, at its reply: a chunk's rows are visible
+        from then on, not only once the last chunk of the slice is done.
         """
         started = time.perf_counter()
         now = self._now_ms()
@@ -229,14 +231,18 @@ class RedisFeatureWriter:
         ttls: dict[str, int] = {}
         commands = (self._command(rows[i:i + size], prefix, iso, now, ttls)
                     for i in range(0, len(rows), size))
-        flags = self._run(commands)
-        written = sum(flags)
+        replies = self._run(commands)
         SINK_WRITE_SECONDS.labels(sink=SINK_LABEL).observe(time.perf_counter() - started)
+        written = 0
+        seconds: list[float] = []
+        for i, (flags, done_ms) in enumerate(replies):
+            written += sum(flags)
+            chunk = rows[i * size:(i + 1) * size]
+            seconds += (max(0, done_ms - row.last_ingest_ms) / 1000
+                        for row, flag in zip(chunk, flags, strict=True)
+                        if flag and row.last_ingest_ms > 0)
         SINK_ROWS.labels(sink=SINK_LABEL).inc(written)
-        done_ms = self._now_ms()
-        FRESHNESS_SECONDS.observe_many(
-            max(0, done_ms - row.last_ingest_ms) / 1000
-            for row, flag in zip(rows, flags, strict=True) if flag and row.last_ingest_ms > 0)
+        FRESHNESS_SECONDS.observe_many(seconds)
         return written
 
     def _command(self, rows: list[FeatureRow], prefix: str, iso: Mapping[int, str],
@@ -255,8 +261,11 @@ class RedisFeatureWriter:
             meta += (row.window_end_ms, row.seq, len(doc), ttl)
         return ("EVALSHA", self._script.sha, len(keys), *keys, orjson.dumps(meta), b"".join(docs))
 
-    def _run(self, commands: Iterable[tuple[Any, ...]]) -> list[int]:
-        """Send every command, then read every reply; retried whole (the script is idempotent)."""
+    def _run(self, commands: Iterable[tuple[Any, ...]]) -> list[tuple[list[int], int]]:
+        """Send every command and read its reply; retried whole (the script is idempotent).
+
+        Returns each command's 0/1 flags with the epoch ms its reply was read.
+        """
         sent: list[tuple[Any, ...]] = []
         # A retry resends what was built (``sent``), then builds the rest from where
         # the iterator stopped.
@@ -283,14 +292,18 @@ class RedisFeatureWriter:
                 self._sleep(delay)
 
     def _round_trip(self, sent: list[tuple[Any, ...]],
-                    pending: Iterator[tuple[Any, ...]]) -> list[int]:
+                    pending: Iterator[tuple[Any, ...]]) -> list[tuple[list[int], int]]:
         """Send ``sent`` (a retry) and then each ``pending`` command as it is built; read replies.
 
         Every command is appended to ``sent`` before it goes out, so after a
         failure ``sent`` holds every command built so far and ``pending`` the rest.
+        Replies already on the socket are read between sends (``can_read`` does not
+        block), each stamped with the time it was read.
         """
         pool = self._client.connection_pool
         conn = pool.get_connection()
+        replies: list[tuple[Any, int]] = []
+        now_ms = self._now_ms
         try:
             # hiredis packs in C; redis-py's own packer first runs its Python
             # encoder over every argument (each key), a third of the write's CPU.
@@ -300,17 +313,20 @@ class RedisFeatureWriter:
             for command in pending:
                 sent.append(command)
                 conn.send_packed_command([pack(command)], check_health=False)
-            replies = [conn.read_response() for _ in sent]
+                while len(replies) < len(sent) and conn.can_read(timeout=0):
+                    replies.append((conn.read_response(), now_ms()))
+            while len(replies) < len(sent):
+                replies.append((conn.read_response(), now_ms()))
         except BaseException:
             # Replies may be left unread on the socket: never hand it out again.
             conn.disconnect()
             raise
         finally:
             pool.release(conn)
-        for reply in replies:
+        for reply, _ in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return [flag for reply in replies for flag in reply]
+        return replies
 
     def close(self) -> None:
         """Release the connection pool."""

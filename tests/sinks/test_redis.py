@@ -195,6 +195,26 @@ def test_freshness_observed_for_written_rows(writer: RedisFeatureWriter) -> None
     assert count() - before == 2
 
 
+def test_freshness_is_timed_at_each_chunks_reply(config: RedisConfig) -> None:
+    # A fake clock one second further on every read: rows of later chunks must be
+    # observed later (each chunk at its own reply), so they fall in several buckets.
+    ticks = iter(range(10**12, 10**12 + 10**6, 1000))
+    writer = RedisFeatureWriter(replace(config, chunk_size=1), now_ms=lambda: next(ticks))
+    bounds = ("1.0", "1.5", "2.0", "3.0", "5.0", "10.0", "30.0", "60.0", "+Inf")
+
+    def buckets() -> list[float]:
+        return [REGISTRY.get_sample_value("kappa_freshness_seconds_bucket", {"le": b}) or 0.0
+                for b in bounds]
+
+    before = buckets()
+    writer.write([row(e, ingest=10**12) for e in ("a", "b", "c", "d")])
+    added = [a - b for a, b in zip(buckets(), before, strict=True)]
+    per_bucket = [added[0], *(hi - lo for lo, hi in zip(added, added[1:], strict=False))]
+    assert added[-1] == 4
+    assert sum(1 for n in per_bucket if n) > 1, per_bucket
+    writer.close()
+
+
 def test_unreachable_redis_raises_after_bounded_retries(redis_url: str) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(ServiceUnavailable, match="cannot reach Redis at"):
