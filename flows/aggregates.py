@@ -53,7 +53,10 @@ def add_exact(partials: list[float], x: float) -> None:
     partials[i:] = [x]
 
 _BASE_KINDS = ("count", "sum", "max", "distinct")
-_EMPTY = {"count": "0", "sum": "[]", "max": "None", "distinct": "set()"}
+_EMPTY = {"count": "0", "sum": "None", "max": "None", "distinct": "set()"}
+"""A sum starts as ``None`` (no term yet), not ``[]``: most windows never see a
+purchase, and an empty list per window was ~17 MB of state at 1M events. States
+snapshotted with ``[]`` still work (an empty list totals 0.0 like ``None``)."""
 
 
 def _program(view: FeatureView) -> tuple[str, dict[str, Any], int]:
@@ -83,7 +86,9 @@ def _program(view: FeatureView) -> tuple[str, dict[str, Any], int]:
             lines.append(f"{pad}agg[{i}] += 1")
         elif f.agg == "sum":
             lines += [f"{pad}v = event[{f.field!r}]", f"{pad}if v is not None:",
-                      f"{pad}    add_exact(agg[{i}], v)"]
+                      f"{pad}    p = agg[{i}]", f"{pad}    if p is None:",
+                      f"{pad}        agg[{i}] = [v]", f"{pad}    else:",
+                      f"{pad}        add_exact(p, v)"]
         elif f.agg == "max":
             lines += [f"{pad}v = event[{f.field!r}]",
                       f"{pad}if v is not None and (agg[{i}] is None or v > agg[{i}]):",
@@ -107,8 +112,10 @@ def _program(view: FeatureView) -> tuple[str, dict[str, Any], int]:
             lines.append(f"    into[{i}] += other[{i}]")
             copied.append(f"other[{i}]")
         elif f.agg == "sum":
-            lines += [f"    p = into[{i}]", f"    for v in other[{i}]:", "        add_exact(p, v)"]
-            copied.append(f"list(other[{i}])")
+            lines += [f"    if other[{i}]:", f"        p = into[{i}]", "        if p is None:",
+                      f"            into[{i}] = list(other[{i}])", "        else:",
+                      f"            for v in other[{i}]:", "                add_exact(p, v)"]
+            copied.append(f"None if other[{i}] is None else list(other[{i}])")
         elif f.agg == "max":
             lines += [f"    v = other[{i}]",
                       f"    if v is not None and (into[{i}] is None or v > into[{i}]):",
@@ -137,7 +144,7 @@ def _program(view: FeatureView) -> tuple[str, dict[str, Any], int]:
         if f.agg in ("count", "max"):
             lines.append(f"    {name} = agg[{slot[f.name]}]")
         elif f.agg == "sum":
-            lines.append(f"    {name} = fsum(agg[{slot[f.name]}])")
+            lines.append(f"    {name} = fsum(agg[{slot[f.name]}] or ())")
         elif f.agg == "distinct":
             lines.append(f"    {name} = len(agg[{slot[f.name]}])")
         elif f.agg == "duration":

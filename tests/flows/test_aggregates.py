@@ -88,3 +88,22 @@ def test_state_with_plain_terms_keeps_summing_exactly() -> None:
     partials = list(terms)
     add_exact(partials, 0.7)
     assert math.fsum(partials) == math.fsum([*terms, 0.7])
+
+
+def test_sum_without_terms_holds_nothing_and_merges_with_any_state() -> None:
+    """A sum is ``None`` until its first term; ``[]`` (older snapshots) means the same."""
+    spec = AggSpec(USER_SPEND_1H)
+    empty = spec.new()
+    assert empty[1] is None and spec.finish(empty)["purchase_amount_sum"] == 0.0
+    paid = spec.new()
+    for amount in (0.1, 0.2):
+        spec.add(paid, {"event_type": "purchase", "amount": amount, "ts": 5, "ingest_ts": 6})
+    old = spec.copy(paid)
+    old[1] = []  # a window snapshotted before sums started as None, with no purchase
+    for into, other in ((spec.copy(empty), paid), (spec.copy(paid), empty),
+                        (spec.copy(paid), old), (old, spec.copy(paid))):
+        spec.merge(into, other)
+        assert spec.finish(into)["purchase_amount_sum"] == math.fsum([0.1, 0.2])
+    copied = spec.copy(empty)
+    spec.merge(copied, empty)
+    assert copied[1] is None
