@@ -214,18 +214,20 @@ class FeatureShard:
             latest = self.latest[view.name]
             spec = state.spec
             before = len(online)
+            name, window_of, latest_of, add = view.name, state.online, latest.get, online.append
+            finish, count, last_ingest = spec.finish_map, spec.count, spec.last_ingest
             for entity in dirty:
-                ts = latest.get(entity)
+                ts = latest_of(entity)
                 if ts is None:
                     continue
-                window = state.online(entity, ts)
+                window = window_of(entity, ts)
                 if window is None:
                     continue
                 start, end, agg = window
-                online.append(FeatureRow(
-                    view=view.name, entity=entity, window_start_ms=start, window_end_ms=end,
-                    features=spec.finish(agg), final=False, seq=spec.count(agg) * 2,
-                    last_ingest_ms=spec.last_ingest(agg)))
+                # Positional (view, entity, start, end, features, final, seq, last_ingest):
+                # one per dirty entity and view in every live flush.
+                add(FeatureRow(name, entity, start, end, finish(agg), False, count(agg) * 2,
+                               last_ingest(agg)))
             dirty.clear()
             WINDOWS_EMITTED.labels(view.name, "false").inc(len(online) - before)
         return FeatureOutput(online=online, shard=self.shard) if online else None

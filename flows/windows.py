@@ -23,6 +23,8 @@ from flows.aggregates import Agg, AggSpec
 from flows.views import FeatureView, Session, Sliding, Tumbling
 
 Closed = tuple[str, int, int, Agg]
+_NO_PANE: dict[str, Agg] = {}
+"""Stands in for a missing pane in lookups (never written to)."""
 """(entity, window_start_ms, window_end_ms, aggregate) of a window made final."""
 
 
@@ -95,13 +97,14 @@ class SlidingState:
 
     def _window(self, entity: str, start: int) -> Agg | None:
         merged: Agg | None = None
+        pane_of, spec, none = self.panes.get, self.spec, _NO_PANE
         for pane in range(start, start + self.size, self.hop):
-            agg = self.panes.get(pane, {}).get(entity)
+            agg = pane_of(pane, none).get(entity)
             if agg is not None:
                 if merged is None:
-                    merged = self.spec.copy(agg)
+                    merged = spec.copy(agg)
                 else:
-                    self.spec.merge(merged, agg)
+                    spec.merge(merged, agg)
         return merged
 
     def online(self, entity: str, latest_ts: int) -> tuple[int, int, Agg] | None:

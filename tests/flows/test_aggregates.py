@@ -27,6 +27,9 @@ def test_spec_survives_pickling(view: FeatureView) -> None:
         spec.add(agg, event(ts))
     again = pickle.loads(pickle.dumps(spec))
     assert again.finish(agg) == spec.finish(agg)
+    # The dict form (live flushes) and the values form (history) are one vector.
+    assert list(spec.finish(agg).items()) == list(zip(view.feature_names,
+                                                      spec.finish_values(agg), strict=True))
     assert (again.count(agg), again.first_ts(agg), again.last_ts(agg),
             again.last_ingest(agg)) == (3, 10, 30, 37)
 
