@@ -194,7 +194,6 @@ class AggSpec:
         self.new, self.add, self.merge = env["new"], env["add"], env["merge"]
         self.copy, self.finish_values = env["copy"], env["finish_values"]
         self.finish_map: Callable[[Agg], dict[str, Any]] = env["finish_map"]
-        self._names = tuple(view.feature_names)
 
     def __getstate__(self) -> dict[str, Any]:
         # Compiled functions do not pickle; the view recompiles them.

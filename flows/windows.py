@@ -23,9 +23,10 @@ from flows.aggregates import Agg, AggSpec
 from flows.views import FeatureView, Session, Sliding, Tumbling
 
 Closed = tuple[str, int, int, Agg]
+"""(entity, window_start_ms, window_end_ms, aggregate) of a window made final."""
+
 _NO_PANE: dict[str, Agg] = {}
 """Stands in for a missing pane in lookups (never written to)."""
-"""(entity, window_start_ms, window_end_ms, aggregate) of a window made final."""
 
 
 class TumblingState:
