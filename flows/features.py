@@ -27,6 +27,7 @@ from flows.records import (
 )
 from flows.views import FeatureView
 from flows.windows import Closed, WindowState, new_state
+from flows.wire import event_fields
 from kappa.metrics import OPEN_WINDOWS, WATERMARK, WINDOWS_EMITTED
 
 
@@ -62,6 +63,7 @@ def route(batch: ValidatedBatch, views: tuple[FeatureView, ...], shards: int,
     The shard's *name* (ledger, metrics) stays ``str(index)`` whatever its key.
     """
     fields = sorted({v.entity for v in views})
+    fields_read = event_fields(views)
     parts: list[dict[str, list[dict[str, Any]]]] = [{f: [] for f in fields} for _ in range(shards)]
     if batch.events:
         crc, intern = zlib.crc32, sys.intern
@@ -76,7 +78,7 @@ def route(batch: ValidatedBatch, views: tuple[FeatureView, ...], shards: int,
         (keys[s] if keys is not None else str(s),
          ShardBatch(partition=batch.partition, partitions=batch.partitions,
                             events=parts[s], clock_ms=batch.clock_ms, shard=str(s),
-                            shards=shards))
+                            shards=shards, fields=fields_read))
         for s in range(shards)
     ]
 

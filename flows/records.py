@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from flows.wire import pack, pack_table, unpack, unpack_table
+
 END_OF_INPUT = 2**62
 """Close clock of a bounded run's final close: every window is final."""
 
@@ -97,6 +99,25 @@ class ShardBatch:
     clock_ms: int | None
     shard: str = "0"
     shards: int = 1
+    fields: tuple[str, ...] = ()
+    """The event fields the shard's views read: all another process is sent
+    (``flows.wire``; empty: whole events)."""
+    _packed: bytes | None = field(default=None, repr=False, compare=False)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Packed once: Bytewax pickles an item twice to send it (flows.wire).
+        packed = self._packed
+        if packed is None:
+            packed = pack(self.events, self.fields)
+            object.__setattr__(self, "_packed", packed)
+        return _shard_batch, (self.partition, self.partitions, packed, self.clock_ms,
+                              self.shard, self.shards, self.fields)
+
+
+def _shard_batch(partition: int, partitions: int, packed: bytes, clock_ms: int | None,
+                 shard: str, shards: int, fields: tuple[str, ...]) -> ShardBatch:
+    return ShardBatch(partition=partition, partitions=partitions, events=unpack(packed),
+                      clock_ms=clock_ms, shard=shard, shards=shards, fields=fields)
 
 
 class FeatureRow(NamedTuple):
@@ -185,3 +206,16 @@ class TableRows:
     """A ``pyarrow.Table`` in the table's Arrow schema."""
     shard: str | None = None
     closed_until: int | None = None
+    _packed: bytes | None = field(default=None, repr=False, compare=False)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # An Arrow IPC stream, written once: Bytewax pickles an item twice (flows.wire).
+        packed = self._packed
+        if packed is None:
+            packed = pack_table(self.rows)
+            object.__setattr__(self, "_packed", packed)
+        return _table_rows, (packed, self.shard, self.closed_until)
+
+
+def _table_rows(packed: bytes, shard: str | None, closed_until: int | None) -> TableRows:
+    return TableRows(unpack_table(packed), shard=shard, closed_until=closed_until)

@@ -155,6 +155,17 @@ class FeatureView:
         return self._index[name]
 
     @property
+    def event_fields(self) -> frozenset[str]:
+        """The event fields this view's windows read (``flows.aggregates`` generates the reads)."""
+        fields = {self.entity, "ts", "ingest_ts"}
+        for feat in self.features:
+            if feat.where is not None:
+                fields.add("event_type")
+            if feat.field is not None:
+                fields.add(feat.field)
+        return frozenset(fields)
+
+    @property
     def table(self) -> str:
         """The Iceberg table holding this view's final windows."""
         return f"features_{self.name}"

@@ -3,6 +3,7 @@ for random events under random partition interleavings, batch sizes and shard co
 
 from __future__ import annotations
 
+import pickle
 import random
 from typing import Any
 
@@ -61,8 +62,10 @@ def expand(batches: list[HistoryBatch]) -> list[FeatureRow]:
                        final=True, seq=0) for b in batches for e, s, w, f in b.rows()]
 
 
-def run_stream(parts: dict[int, list[RawRecord]], rnd: random.Random, shards: int
-               ) -> tuple[list[FeatureRow], list[FeatureRow]]:
+def run_stream(parts: dict[int, list[RawRecord]], rnd: random.Random, shards: int,
+               across_processes: bool = False) -> tuple[list[FeatureRow], list[FeatureRow]]:
+    """``across_processes``: every shard batch is pickled as Bytewax sends it to another
+    process (``flows.wire`` keeps only the fields the views read)."""
     cfg = ValidationConfig(allowed_lateness_ms=LATENESS)
     validators = {p: PartitionValidator(cfg, decode) for p in parts}
     shard_objs = {str(s): FeatureShard(DEFAULT_VIEWS, FeatureConfig(allowed_lateness_ms=LATENESS))
@@ -77,6 +80,8 @@ def run_stream(parts: dict[int, list[RawRecord]], rnd: random.Random, shards: in
         cursors[p] += len(recs)
         vb = validators[p].validate(RawBatch("t", p, len(parts), recs, 0))
         for key, sb in route(vb, DEFAULT_VIEWS, shards):
+            if across_processes:
+                sb = pickle.loads(pickle.dumps(sb))  # noqa: S301 - our own batch
             out = shard_objs[key].apply(sb)
             if out:
                 history += expand(out.history)
@@ -101,10 +106,11 @@ def redis_guard(rows: list[FeatureRow]) -> dict[tuple[str, str], FeatureRow]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs=st.lists(event_st, min_size=1, max_size=60), seed=st.integers(0, 10_000),
-       shards=st.integers(1, 3))
-def test_streaming_equals_reference(specs: list[dict[str, Any]], seed: int, shards: int) -> None:
+       shards=st.integers(1, 3), across_processes=st.booleans())
+def test_streaming_equals_reference(specs: list[dict[str, Any]], seed: int, shards: int,
+                                    across_processes: bool) -> None:
     parts = build_partitions(specs)
-    history, online = run_stream(parts, random.Random(seed), shards)
+    history, online = run_stream(parts, random.Random(seed), shards, across_processes)
 
     recs = [Rec(r.partition, r.offset, r.timestamp_ms, len(r.value or b"") + len(r.key or b""),
                 orjson.loads(r.value)) for rs in parts.values() for r in rs]
