@@ -44,12 +44,9 @@ def pack(events: dict[str, list[dict[str, Any]]], fields: tuple[str, ...]) -> Pa
     if not fields:
         return pickle.dumps(((), events), protocol=pickle.HIGHEST_PROTOCOL)
     get = operator.itemgetter(*fields)
-    if len(fields) == 1:
-        def row(event: dict[str, Any]) -> tuple[Any, ...]:
-            return (event[fields[0]],)
-        rows = {name: list(map(row, evs)) for name, evs in events.items()}
-    else:
-        rows = {name: list(map(get, evs)) for name, evs in events.items()}
+    rows = {name: list(map(get, evs)) for name, evs in events.items()}
+    if len(fields) == 1:  # a one-key itemgetter returns the value, not a 1-tuple
+        rows = {name: [(v,) for v in values] for name, values in rows.items()}
     return pickle.dumps((fields, rows), protocol=pickle.HIGHEST_PROTOCOL)
 
 

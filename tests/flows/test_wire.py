@@ -13,7 +13,7 @@ import flows.records
 from flows.features import FeatureConfig, FeatureShard, route
 from flows.records import ShardBatch, TableRows, ValidatedBatch
 from flows.views import DEFAULT_VIEWS, FeatureView
-from flows.wire import event_fields
+from flows.wire import event_fields, pack, unpack
 from sinks.tables import empty_table
 
 BASE = 1_767_225_600_000
@@ -105,3 +105,9 @@ def test_table_rows_travel_as_arrow_with_field_metadata() -> None:
     rows = TableRows(pa.table({"a": [1, None, 3], "b": ["x", "y", None]}))
     assert pickle.dumps(rows) == pickle.dumps(rows)
     assert pickle.loads(pickle.dumps(rows)).rows.equals(rows.rows)
+
+
+def test_a_single_field_travels_as_well() -> None:
+    events = {"user_id": [{"user_id": "u1", "ts": 1}, {"user_id": "u2", "ts": 2}]}
+    assert unpack(pack(events, ("user_id",))) == {"user_id": [{"user_id": "u1"},
+                                                              {"user_id": "u2"}]}
