@@ -101,6 +101,7 @@ class Settings:
     flush_interval_s: float = 0.5
     commit_interval_s: float = 10.0
     max_buffer_rows: int = 100_000
+    file_bytes: int = 8 * 1024 * 1024
     shards: int = 4
     batch_size: int = 5000
     recovery: bool = True
@@ -258,6 +259,7 @@ class Settings:
             flush_interval_s=_float(env, "KAPPA_FLUSH_INTERVAL_S", 0.5, minimum=0.05),
             commit_interval_s=_float(env, "KAPPA_COMMIT_INTERVAL_S", 10.0, minimum=0.1),
             max_buffer_rows=_int(env, "KAPPA_MAX_BUFFER_ROWS", 100_000, minimum=1),
+            file_bytes=_int(env, "KAPPA_FILE_BYTES", 8 * 1024 * 1024, minimum=1024),
             shards=_int(env, "KAPPA_SHARDS", 4, minimum=1),
             batch_size=_int(env, "KAPPA_BATCH_SIZE", 5000, minimum=1),
             recovery=_bool(env, "KAPPA_RECOVERY", True),

@@ -1,14 +1,19 @@
-"""Append a large Arrow table to an Iceberg table as ONE snapshot, written a slice at a time.
+"""Write Arrow rows as Iceberg data files, a slice at a time, and append files as ONE snapshot.
 
-Why not ``Transaction.append`` for big buffers: for a partitioned table pyiceberg
-filters every partition out of the whole input and ``combine_chunks`` it before
-writing, so a commit briefly holds about three times its rows (measured on the
-``events`` table: 100k rows, 34 MB of Arrow, peaked ~110 MB above the buffer).
-Every kappa table is day-partitioned, and pyiceberg streams only unpartitioned
-tables (apache/iceberg-python#2152). So the buffer is cut into slices of about
-``slice_bytes`` and each slice goes through pyiceberg's own writer into one
-fast (or merge) append: the same single snapshot, with the same summary, in a
-few more data files, and the transient is bounded by a slice, not the buffer.
+Why not ``Transaction.append``: for a partitioned table pyiceberg filters every
+partition out of the whole input and ``combine_chunks`` it before writing, so
+a write briefly holds about three times its rows (measured on the ``events``
+table: 100k rows, 34 MB of Arrow, peaked ~110 MB above the buffer). Every
+kappa table is day-partitioned, and pyiceberg streams only unpartitioned
+tables (apache/iceberg-python#2152). So rows are cut into slices of about
+``slice_bytes`` and each slice goes through pyiceberg's own writer; the files
+are then added to one fast (or merge) append: a single snapshot with one
+summary, in a few more data files, with the transient bounded by a slice.
+
+Writing and appending are separate steps so that a streaming writer can write
+its files while rows arrive and leave only the append (~15 ms) to the commit
+(``sinks.writer``). Data files outlive a failed commit (pyiceberg deletes only
+its manifests), so a retry appends the same files again.
 
 ``_dataframe_to_data_files`` is pyiceberg's internal writer (``append`` itself
 calls it); the dependency pin keeps the version this is tested with.
@@ -17,12 +22,15 @@ calls it); the dependency pin keeps the version this is tested with.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
 from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
+from pyiceberg.manifest import DataFile
 from pyiceberg.table import TableProperties, Transaction
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.utils.properties import property_as_bool
 
 SLICE_BYTES = 16 * 1024 * 1024
@@ -36,27 +44,42 @@ def slice_rows(data: pa.Table, slice_bytes: int) -> int:
     return max(1, data.num_rows * slice_bytes // data.nbytes)
 
 
-def append_sliced(tx: Transaction, io: FileIO, data: pa.Table, properties: Mapping[str, str],
-                  slice_bytes: int = SLICE_BYTES) -> int:
-    """Stage ``data`` in ``tx`` as one append snapshot; returns the data files written.
+def write_files(metadata: TableMetadata, io: FileIO, data: pa.Table, write_uuid: uuid.UUID,
+                counter: itertools.count[int], slice_bytes: int = SLICE_BYTES) -> list[DataFile]:
+    """Write ``data`` (already in the table's Arrow schema) as data files, not yet committed.
 
-    ``data`` must already have the table's Arrow schema (``TableWriter.add`` casts).
+    ``write_uuid`` and ``counter`` name the files: keep both for every call of one
+    writer so names never repeat.
     """
     if slice_bytes < 1:
         msg = "slice_bytes must be >= 1"
         raise ValueError(msg)
-    metadata = tx.table_metadata
-    update = tx.update_snapshot(snapshot_properties=dict(properties))
-    merge = property_as_bool(metadata.properties, TableProperties.MANIFEST_MERGE_ENABLED,
-                             TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT)
-    files = 0
-    with update.merge_append() if merge else update.fast_append() as append_files:
-        counter = itertools.count(0)  # file names stay unique across slices
-        step = slice_rows(data, slice_bytes)
-        for offset in range(0, data.num_rows, step):
-            for data_file in _dataframe_to_data_files(
-                    table_metadata=metadata, write_uuid=append_files.commit_uuid,
-                    df=data.slice(offset, step), io=io, counter=counter):
-                append_files.append_data_file(data_file)
-                files += 1
+    files: list[DataFile] = []
+    step = slice_rows(data, slice_bytes)
+    for offset in range(0, data.num_rows, step):
+        files.extend(_dataframe_to_data_files(table_metadata=metadata, write_uuid=write_uuid,
+                                              df=data.slice(offset, step), io=io,
+                                              counter=counter))
     return files
+
+
+def append_files(tx: Transaction, files: Iterable[DataFile],
+                 properties: Mapping[str, str]) -> int:
+    """Stage written ``files`` in ``tx`` as one append snapshot; returns how many."""
+    update = tx.update_snapshot(snapshot_properties=dict(properties))
+    merge = property_as_bool(tx.table_metadata.properties, TableProperties.MANIFEST_MERGE_ENABLED,
+                             TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT)
+    count = 0
+    with update.merge_append() if merge else update.fast_append() as append:
+        for data_file in files:
+            append.append_data_file(data_file)
+            count += 1
+    return count
+
+
+def append_sliced(tx: Transaction, io: FileIO, data: pa.Table, properties: Mapping[str, str],
+                  slice_bytes: int = SLICE_BYTES) -> int:
+    """Write ``data`` and stage it in ``tx`` as one append snapshot; returns the files written."""
+    files = write_files(tx.table_metadata, io, data, uuid.uuid4(), itertools.count(0),
+                        slice_bytes)
+    return append_files(tx, files, properties)

@@ -155,6 +155,69 @@ def test_commit_conflict_is_retried_after_refresh(catalog: SqlCatalog, config: I
     assert sorted(back.column("offset").to_pylist()) == list(range(20))
 
 
+def test_rows_past_file_bytes_are_written_before_the_commit(catalog: SqlCatalog,
+                                                             config: IcebergConfig) -> None:
+    """Files are written as rows arrive; the commit appends them all as one snapshot."""
+    one = log_batch(0, 40)
+    small = replace(config, file_bytes=one.nbytes * 2)
+    writer = log_writer(catalog, small, Clock())
+    writer.add(one)
+    assert writer.pending_files == 0  # under file_bytes: still in memory
+    writer.add(log_batch(40, 40))
+    written = writer.pending_files
+    assert written >= 1 and writer.buffered_rows == 80
+    assert snapshots(catalog, config, "log") == []  # written, not committed
+    writer.add(log_batch(80, 10))
+    assert writer.pending_files == written  # 10 rows stay in memory
+    assert writer.commit() == 90
+    assert writer.pending_files == 0 and writer.buffered_rows == 0
+    (snap,) = snapshots(catalog, config, "log")
+    assert snap.summary["added-records"] == "90" and snap.summary["kappa.rows"] == "90"
+    table = catalog.load_table((config.namespace, "log"))
+    paths = [t.file.file_path for t in table.scan().plan_files()]
+    assert len(paths) == len(set(paths)) > written  # the remainder got a file of its own
+    back = table.scan().to_arrow().sort_by("offset")
+    assert back.column("offset").to_pylist() == list(range(90))
+
+
+def test_conflict_appends_the_written_files_again(catalog: SqlCatalog,
+                                                  config: IcebergConfig) -> None:
+    """A commit that conflicts re-appends the files written before it, nothing twice."""
+    config = replace(config, file_bytes=1024, table_properties={
+        "commit.retry.num-retries": "0", "commit.retry.min-wait-ms": "1"})
+    writer = log_writer(catalog, config, Clock())
+    writer.add(log_batch(0, 10))
+    writer.commit()
+    writer.add(log_batch(10, 30))
+    assert writer.pending_files >= 1
+    other = catalog.load_table((config.namespace, "log"))
+    other.append(log_batch(40, 5), snapshot_properties={"kappa.writer": "other"})
+    assert writer.commit() == 30
+    back = catalog.load_table((config.namespace, "log")).scan().to_arrow()
+    assert sorted(back.column("offset").to_pylist()) == list(range(45))
+
+
+def test_warehouse_outage_while_writing_files_is_waited_out(
+        catalog: SqlCatalog, config: IcebergConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sinks import writer as writer_module
+
+    real = writer_module.write_files
+    failures = [OSError("warehouse gone"), OSError("still gone")]
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop(0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "write_files", flaky)
+    writer = log_writer(catalog, replace(config, file_bytes=1024), Clock())
+    writer.add(log_batch(0, 30))
+    assert failures == [] and writer.pending_files >= 1
+    assert writer.commit() == 30
+    back = catalog.load_table((config.namespace, "log")).scan().to_arrow()
+    assert sorted(back.column("offset").to_pylist()) == list(range(30))
+
+
 def test_open_catalog_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         open_catalog("nosuchdriver://x/y", f"file://{tmp_path}/wh")
