@@ -33,9 +33,6 @@ from pyiceberg.table import TableProperties, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.utils.properties import property_as_bool
 
-SLICE_BYTES = 16 * 1024 * 1024
-"""Arrow bytes per written slice: large enough for few files, small enough to bound memory."""
-
 
 def slice_rows(data: pa.Table, slice_bytes: int) -> int:
     """Rows per slice so that a slice holds about ``slice_bytes`` of ``data``."""
@@ -45,7 +42,7 @@ def slice_rows(data: pa.Table, slice_bytes: int) -> int:
 
 
 def write_files(metadata: TableMetadata, io: FileIO, data: pa.Table, write_uuid: uuid.UUID,
-                counter: itertools.count[int], slice_bytes: int = SLICE_BYTES) -> list[DataFile]:
+                counter: itertools.count[int], slice_bytes: int) -> list[DataFile]:
     """Write ``data`` (already in the table's Arrow schema) as data files, not yet committed.
 
     ``write_uuid`` and ``counter`` name the files: keep both for every call of one
@@ -76,10 +73,3 @@ def append_files(tx: Transaction, files: Iterable[DataFile],
             count += 1
     return count
 
-
-def append_sliced(tx: Transaction, io: FileIO, data: pa.Table, properties: Mapping[str, str],
-                  slice_bytes: int = SLICE_BYTES) -> int:
-    """Write ``data`` and stage it in ``tx`` as one append snapshot; returns the files written."""
-    files = write_files(tx.table_metadata, io, data, uuid.uuid4(), itertools.count(0),
-                        slice_bytes)
-    return append_files(tx, files, properties)

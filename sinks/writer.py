@@ -200,13 +200,17 @@ class TableWriter:
             try:
                 return attempt()
             except (SQLAlchemyError, OSError) as exc:
-                SINK_ERRORS.labels(sink=self._sink_label).inc()
                 outage += 1
-                delay = min(self._config.outage_backoff_max_s,
-                            self._config.backoff_base_s * 2 ** min(outage, 10))
-                log.warning("cannot %s Iceberg table %s (%s); retry %d in %.2fs", what,
-                            self.name, str(exc).splitlines()[0][:200], outage, delay)
-                self._sleep(delay)
+                self._pause_for_outage(exc, outage, what)
+
+    def _pause_for_outage(self, exc: Exception, outage: int, what: str) -> None:
+        """One wait of an outage (its ``outage``-th): counted, logged, backing off."""
+        SINK_ERRORS.labels(sink=self._sink_label).inc()
+        delay = min(self._config.outage_backoff_max_s,
+                    self._config.backoff_base_s * 2 ** min(outage, 10))
+        log.warning("cannot %s Iceberg table %s (%s); retry %d in %.2fs", what, self.name,
+                    str(exc).splitlines()[0][:200], outage, delay)
+        self._sleep(delay)
 
     def due(self, now: float | None = None) -> bool:
         """Whether to commit: rows buffered and the interval elapsed, or the buffer is full."""
@@ -276,14 +280,9 @@ class TableWriter:
                 raise TerminalError(msg) from exc
             except (SQLAlchemyError, OSError) as exc:
                 # Catalog or warehouse unreachable: wait it out, never drop rows.
-                SINK_ERRORS.labels(sink=self._sink_label).inc()
                 outage += 1
                 attempt -= 1
-                delay = min(self._config.outage_backoff_max_s,
-                            self._config.backoff_base_s * 2 ** min(outage, 10))
-                log.warning("cannot commit to Iceberg table %s (%s); retry %d in %.2fs",
-                            self.name, str(exc).splitlines()[0][:200], outage, delay)
-                self._sleep(delay)
+                self._pause_for_outage(exc, outage, "commit to")
                 try:
                     self._table.refresh()
                 except (SQLAlchemyError, OSError):

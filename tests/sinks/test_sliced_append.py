@@ -1,7 +1,9 @@
-"""A big buffer is appended as one snapshot written slice by slice (bounded memory)."""
+"""A big buffer is written slice by slice (bounded memory) and appended as one snapshot."""
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from dataclasses import replace
 
 import pyarrow as pa
@@ -12,7 +14,7 @@ from flows.records import RawRecord
 from kappa.settings import Settings
 from sinks import tables
 from sinks.iceberg import IcebergConfig, TableWriter, open_catalog
-from sinks.sliced_append import append_sliced, slice_rows
+from sinks.sliced_append import append_files, slice_rows, write_files
 
 T0 = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -45,9 +47,10 @@ def test_one_snapshot_many_files_same_rows(settings: Settings, merge: str, step_
     schema, spec = tables.table_spec("log")
     writer = TableWriter(catalog, config, "log", schema, spec)
     data = _rows(120, step_ms).cast(writer.table.schema().as_arrow())
+    written = write_files(writer.table.metadata, writer.table.io, data, uuid.uuid4(),
+                          itertools.count(0), slice_bytes=data.nbytes // 5)
     with writer.table.transaction() as tx:
-        files = append_sliced(tx, writer.table.io, data, {"kappa.rows": "120"},
-                              slice_bytes=data.nbytes // 5)
+        files = append_files(tx, written, {"kappa.rows": "120"})
     table = catalog.load_table((config.namespace, "log"))
     (snap,) = table.snapshots()
     assert snap.summary["kappa.rows"] == "120"
@@ -64,5 +67,6 @@ def test_slice_bytes_must_be_positive(settings: Settings) -> None:
     catalog = open_catalog(config.catalog_uri, config.warehouse)
     schema, spec = tables.table_spec("log")
     writer = TableWriter(catalog, config, "log", schema, spec)
-    with pytest.raises(ValueError, match="slice_bytes"), writer.table.transaction() as tx:
-        append_sliced(tx, writer.table.io, _rows(3), {}, slice_bytes=0)
+    with pytest.raises(ValueError, match="slice_bytes"):
+        write_files(writer.table.metadata, writer.table.io, _rows(3), uuid.uuid4(),
+                    itertools.count(0), slice_bytes=0)
