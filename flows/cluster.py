@@ -13,8 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -68,8 +70,14 @@ def run_cluster(settings: Settings, processes: int, argv: Sequence[str],
             last = (err.decode(errors="replace").strip().splitlines() or ["(no output)"])[-1]
             msg = f"process {children.index(child) + 1} of the cluster failed: {last}"
             raise KappaError(msg)
-        summaries.append(orjson.loads(out))
+        summaries.append(child_summary(out))
     return combine(summaries)
+
+
+def child_summary(out: bytes) -> dict[str, Any]:
+    """A child's JSON summary; Timely prints its connection retries on stdout before it."""
+    start = 0 if out.startswith(b"{") else out.find(b"\n{") + 1
+    return orjson.loads(out[start:])
 
 
 def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -87,3 +95,57 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     total["events_per_s"] = (round(total["consumed"] / total["seconds"], 1)
                              if total["seconds"] else None)
     return total
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PROC_TCP = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+LISTEN = "0A"
+"""TCP state LISTEN in ``/proc/net/tcp``."""
+
+
+def listening_ports(tables: Sequence[Path] = PROC_TCP) -> set[int] | None:
+    """Local ports in LISTEN state on this host (``None``: the system does not say).
+
+    Hand-written: psutil would be a new dependency for one read of ``/proc/net/tcp``.
+    """
+    ports: set[int] = set()
+    found = False
+    for table in tables:
+        try:
+            lines = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == LISTEN:
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports if found else None
+
+
+def wait_for_lower_processes(addresses: Sequence[str], process_id: int, *,
+                             timeout_s: float = 60.0, poll_s: float = 0.01) -> None:
+    """Block until every lower process of a same-host cluster listens on its address.
+
+    Timely (under Bytewax) has process i connect to every process below i; a
+    refused connect prints a line on stdout and sleeps a whole second before the
+    next try. Process 0 of ``kappa run --processes N`` starts its children before
+    its own imports, so a child is often ready first. Only listening sockets are
+    looked at (never connected to: Timely would take a probe for a peer). Remote
+    addresses, or a system without ``/proc/net/tcp``, are not waited for; after
+    ``timeout_s`` Timely's own retries take over.
+    """
+    wanted = set()
+    for address in addresses[:process_id]:
+        host, _, port = address.rpartition(":")
+        if host.strip("[]") not in LOOPBACK:
+            return
+        wanted.add(int(port))
+    deadline = time.monotonic() + timeout_s
+    while wanted and time.monotonic() < deadline:
+        ports = listening_ports()
+        if ports is None:
+            return
+        wanted -= ports
+        if wanted:
+            time.sleep(poll_s)

@@ -19,6 +19,7 @@ from bytewax.inputs import Source
 from prometheus_client import REGISTRY
 
 from flows import health, lifecycle
+from flows.cluster import wait_for_lower_processes
 from flows.dataflow import STATEFUL_STEPS, FlowConfig, FlowSinks, build_flow
 from flows.features import FeatureConfig
 from flows.gc_policy import GcPolicy
@@ -263,6 +264,8 @@ def run(settings: Settings, options: RunOptions) -> dict[str, Any]:
         "valid": _counter("kappa_events_valid", {"topic": topic}),
         **{r: _counter("kappa_events_quarantined", {"topic": topic, "reason": r}) for r in REASONS},
     }
+    if settings.addresses and settings.process_id:
+        wait_for_lower_processes(settings.addresses, settings.process_id)
     started = time.perf_counter()
     cpu_started = os.times()
     with GcPolicy():
