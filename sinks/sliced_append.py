@@ -72,4 +72,3 @@ def append_files(tx: Transaction, files: Iterable[DataFile],
             append.append_data_file(data_file)
             count += 1
     return count
-
