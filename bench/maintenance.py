@@ -119,7 +119,8 @@ def main() -> None:
                 started = time.perf_counter()
                 run.part.snapshot()  # commit, then maintain when due
                 total = time.perf_counter() - started
-                commit = REGISTRY.get_sample_value("kappa_iceberg_commit_seconds_sum", label) - before
+                after = REGISTRY.get_sample_value("kappa_iceberg_commit_seconds_sum", label) or 0.0
+                commit = after - before
                 run.latencies.append(commit)
                 run.maintenance_s += total - commit
                 if (c + 2) % args.interval_commits == 0:  # the peak: just before a run

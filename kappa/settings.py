@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,8 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``KAPPA_*`` variables; fall back to the local stack's recorded ports."""
         env = os.environ if env is None else env
+        # Unset variables take the field defaults above: each default is written once.
+        d: dict[str, Any] = {f.name: f.default for f in fields(cls)}
         home = Path(env.get("KAPPA_HOME", ".kappa")).resolve()
         stack = read_stack_state(home)
         bootstrap = env.get("KAPPA_BOOTSTRAP_SERVERS") or (
@@ -241,7 +243,7 @@ class Settings:
         return cls(
             home=home,
             topic=env.get("KAPPA_TOPIC", "user_events"),
-            partitions=_int(env, "KAPPA_PARTITIONS", 4, minimum=1),
+            partitions=_int(env, "KAPPA_PARTITIONS", d["partitions"], minimum=1),
             bootstrap_servers=bootstrap,
             kafka_config=kafka_config,
             redis_url=redis_url,
@@ -251,41 +253,43 @@ class Settings:
             redis_prefix=env.get("KAPPA_REDIS_PREFIX", "kappa"),
             schema_registry_url=env.get("KAPPA_SCHEMA_REGISTRY_URL") or None,
             recovery_dir=Path(recovery) if recovery else home / "recovery",
-            metrics_port=_int(env, "KAPPA_METRICS_PORT", 0),
-            allowed_lateness_s=_float(env, "KAPPA_ALLOWED_LATENESS_S", 60.0),
-            dedup_horizon_s=_float(env, "KAPPA_DEDUP_HORIZON_S", 600.0),
-            future_tolerance_s=_float(env, "KAPPA_FUTURE_TOLERANCE_S", 300.0),
-            max_record_bytes=_int(env, "KAPPA_MAX_RECORD_BYTES", 65536, minimum=64),
-            flush_interval_s=_float(env, "KAPPA_FLUSH_INTERVAL_S", 0.5, minimum=0.05),
-            commit_interval_s=_float(env, "KAPPA_COMMIT_INTERVAL_S", 10.0, minimum=0.1),
-            max_buffer_rows=_int(env, "KAPPA_MAX_BUFFER_ROWS", 100_000, minimum=1),
-            file_bytes=_int(env, "KAPPA_FILE_BYTES", 8 * 1024 * 1024, minimum=1024),
-            shards=_int(env, "KAPPA_SHARDS", 4, minimum=1),
-            batch_size=_int(env, "KAPPA_BATCH_SIZE", 5000, minimum=1),
-            recovery=_bool(env, "KAPPA_RECOVERY", True),
-            snapshot_interval_s=_float(env, "KAPPA_SNAPSHOT_INTERVAL_S", 10.0, minimum=0.1),
-            backup_interval_s=_float(env, "KAPPA_BACKUP_INTERVAL_S", 0.0),
-            recovery_partitions=_int(env, "KAPPA_RECOVERY_PARTITIONS", 1, minimum=1),
+            metrics_port=_int(env, "KAPPA_METRICS_PORT", d["metrics_port"]),
+            allowed_lateness_s=_float(env, "KAPPA_ALLOWED_LATENESS_S", d["allowed_lateness_s"]),
+            dedup_horizon_s=_float(env, "KAPPA_DEDUP_HORIZON_S", d["dedup_horizon_s"]),
+            future_tolerance_s=_float(env, "KAPPA_FUTURE_TOLERANCE_S", d["future_tolerance_s"]),
+            max_record_bytes=_int(env, "KAPPA_MAX_RECORD_BYTES", d["max_record_bytes"], minimum=64),
+            flush_interval_s=_float(env, "KAPPA_FLUSH_INTERVAL_S", d["flush_interval_s"], minimum=0.05),
+            commit_interval_s=_float(env, "KAPPA_COMMIT_INTERVAL_S", d["commit_interval_s"], minimum=0.1),
+            max_buffer_rows=_int(env, "KAPPA_MAX_BUFFER_ROWS", d["max_buffer_rows"], minimum=1),
+            file_bytes=_int(env, "KAPPA_FILE_BYTES", d["file_bytes"], minimum=1024),
+            shards=_int(env, "KAPPA_SHARDS", d["shards"], minimum=1),
+            batch_size=_int(env, "KAPPA_BATCH_SIZE", d["batch_size"], minimum=1),
+            recovery=_bool(env, "KAPPA_RECOVERY", d["recovery"]),
+            snapshot_interval_s=_float(env, "KAPPA_SNAPSHOT_INTERVAL_S", d["snapshot_interval_s"],
+                                       minimum=0.1),
+            backup_interval_s=_float(env, "KAPPA_BACKUP_INTERVAL_S", d["backup_interval_s"]),
+            recovery_partitions=_int(env, "KAPPA_RECOVERY_PARTITIONS", d["recovery_partitions"], minimum=1),
             process_id=_int(env, "KAPPA_PROCESS_ID", 0) if env.get("KAPPA_PROCESS_ID") else None,
             addresses=tuple(a.strip() for a in env.get("KAPPA_ADDRESSES", "").split(";")
                             if a.strip()),
-            workers_per_process=_int(env, "KAPPA_WORKERS_PER_PROCESS", 1, minimum=1),
-            health_stall_s=_float(env, "KAPPA_HEALTH_STALL_S", 120.0, minimum=1.0),
-            ready_max_lag=_int(env, "KAPPA_READY_MAX_LAG", 10_000),
+            workers_per_process=_int(env, "KAPPA_WORKERS_PER_PROCESS", d["workers_per_process"], minimum=1),
+            health_stall_s=_float(env, "KAPPA_HEALTH_STALL_S", d["health_stall_s"], minimum=1.0),
+            ready_max_lag=_int(env, "KAPPA_READY_MAX_LAG", d["ready_max_lag"]),
             views_module=env.get("KAPPA_VIEWS_MODULE") or None,
             api_token=env.get("KAPPA_API_TOKEN"),
-            maintenance=_bool(env, "KAPPA_MAINTENANCE", True),
-            maintenance_interval_s=_float(env, "KAPPA_MAINTENANCE_INTERVAL_S", 300.0),
-            snapshot_retention_s=_float(env, "KAPPA_SNAPSHOT_RETENTION_S", 3600.0),
-            min_snapshots=_int(env, "KAPPA_MIN_SNAPSHOTS", 10, minimum=1),
-            compact_files_over=_int(env, "KAPPA_COMPACT_FILES_OVER", 16, minimum=1),
-            target_file_bytes=_int(env, "KAPPA_TARGET_FILE_BYTES", 128 * 1024 * 1024,
+            maintenance=_bool(env, "KAPPA_MAINTENANCE", d["maintenance"]),
+            maintenance_interval_s=_float(env, "KAPPA_MAINTENANCE_INTERVAL_S", d["maintenance_interval_s"]),
+            snapshot_retention_s=_float(env, "KAPPA_SNAPSHOT_RETENTION_S", d["snapshot_retention_s"]),
+            min_snapshots=_int(env, "KAPPA_MIN_SNAPSHOTS", d["min_snapshots"], minimum=1),
+            compact_files_over=_int(env, "KAPPA_COMPACT_FILES_OVER", d["compact_files_over"], minimum=1),
+            target_file_bytes=_int(env, "KAPPA_TARGET_FILE_BYTES", d["target_file_bytes"],
                                    minimum=1024),
-            orphan_age_s=_float(env, "KAPPA_ORPHAN_AGE_S", 3600.0),
-            profiles=_bool(env, "KAPPA_PROFILES", True),
-            profile_window_s=_int(env, "KAPPA_PROFILE_WINDOW_S", 300, minimum=1),
+            orphan_age_s=_float(env, "KAPPA_ORPHAN_AGE_S", d["orphan_age_s"]),
+            profiles=_bool(env, "KAPPA_PROFILES", d["profiles"]),
+            profile_window_s=_int(env, "KAPPA_PROFILE_WINDOW_S", d["profile_window_s"], minimum=1),
             drift_reference=env.get("KAPPA_DRIFT_REFERENCE") or "trailing",
-            drift_reference_windows=_int(env, "KAPPA_DRIFT_REFERENCE_WINDOWS", 288, minimum=1),
+            drift_reference_windows=_int(env, "KAPPA_DRIFT_REFERENCE_WINDOWS",
+                                         d["drift_reference_windows"], minimum=1),
         )
 
 
