@@ -60,7 +60,7 @@ class FlowConfig:
     validation: ValidationConfig
     features: FeatureConfig
     shards: int = 4
-    flush_interval_s: float = 0.5
+    flush_interval_s: float = 0.25
     archive_log: bool = True
     tables: tuple[str, ...] = ()
     """Iceberg tables to tick in live mode (empty: no ticks)."""

@@ -98,7 +98,10 @@ class Settings:
     dedup_horizon_s: float = 600.0
     future_tolerance_s: float = 300.0
     max_record_bytes: int = 65536
-    flush_interval_s: float = 0.5
+    flush_interval_s: float = 0.25
+    """How often live runs write open windows to Redis: a floor under freshness (an update
+    waits up to one interval). 0.5 s gave a two-process p99 of 1.3-1.9 s at 20k events/s,
+    0.25 s 0.7-0.74 s when the machine had headroom, for ~10% more Redis rows."""
     commit_interval_s: float = 10.0
     max_buffer_rows: int = 100_000
     file_bytes: int = 8 * 1024 * 1024
