@@ -245,15 +245,15 @@ class Settings:
         recovery = env.get("KAPPA_RECOVERY_DIR")
         return cls(
             home=home,
-            topic=env.get("KAPPA_TOPIC", "user_events"),
+            topic=env.get("KAPPA_TOPIC", d["topic"]),
             partitions=_int(env, "KAPPA_PARTITIONS", d["partitions"], minimum=1),
             bootstrap_servers=bootstrap,
             kafka_config=kafka_config,
             redis_url=redis_url,
             catalog_uri=env.get("KAPPA_CATALOG_URI") or f"sqlite:///{home / 'catalog.db'}",
             warehouse=env.get("KAPPA_WAREHOUSE") or f"file://{home / 'warehouse'}",
-            namespace=env.get("KAPPA_NAMESPACE", "kappa"),
-            redis_prefix=env.get("KAPPA_REDIS_PREFIX", "kappa"),
+            namespace=env.get("KAPPA_NAMESPACE", d["namespace"]),
+            redis_prefix=env.get("KAPPA_REDIS_PREFIX", d["redis_prefix"]),
             schema_registry_url=env.get("KAPPA_SCHEMA_REGISTRY_URL") or None,
             recovery_dir=Path(recovery) if recovery else home / "recovery",
             metrics_port=_int(env, "KAPPA_METRICS_PORT", d["metrics_port"]),
