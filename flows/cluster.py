@@ -92,6 +92,9 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     total["quarantined"] = reasons
     total["seconds"] = max(s.get("seconds") or 0 for s in summaries)
     total["processes"] = len(summaries)
+    # Each process's own share, so an unbalanced cluster shows which process lags.
+    total["per_process"] = [{key: s.get(key) for key in ("consumed", "seconds", "cpu_seconds")}
+                            for s in summaries]
     total["events_per_s"] = (round(total["consumed"] / total["seconds"], 1)
                              if total["seconds"] else None)
     return total

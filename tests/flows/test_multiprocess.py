@@ -47,6 +47,9 @@ def test_two_processes_equal_one(settings: Settings, tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr.decode()[-3000:]
         summaries[name] = orjson.loads(proc.stdout)
     assert summaries["two"]["processes"] == 2
+    shares = summaries["two"]["per_process"]
+    assert len(shares) == 2 and sum(s["consumed"] for s in shares) == 20_000
+    assert max(s["seconds"] for s in shares) == summaries["two"]["seconds"]
     assert summaries["two"]["consumed"] == summaries["one"]["consumed"] == 20_000
     for table in KEYS:
         assert rows(settings, "two", table) == rows(settings, "one", table), table
