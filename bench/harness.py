@@ -1,6 +1,6 @@
 """``make bench``: every headline number in one run, written to bench/results/.
 
-    python -m bench.harness [--events N] [--users U] [--items I]
+    python -m bench.harness [--events N] [--users U] [--items I] [--rounds R]
                             [--fresh-rate EPS] [--fresh-seconds S] [--skip a,b]
 
 On a scratch stack (own broker, redis-server, catalog; removed afterwards), one
@@ -13,6 +13,9 @@ and duplicate shares) is measured by:
 * ``naive`` — the per-event Bytewax baseline (``bench.naive``);
 * ``freshness`` / ``freshness_two_processes`` — a live run (``kappa run [--processes 2]``)
   fed at ``--fresh-rate`` for ``--fresh-seconds``.
+
+The first four run ``--rounds`` times (default 3), interleaved; each reports its
+median run, and a ratio is the median of the ratios within a round.
 
 CLI runs are subprocesses reaped with ``os.wait4``, so CPU seconds and peak RSS
 are those of the run (and of its child processes), not of the harness.
@@ -78,30 +81,45 @@ def _flow_result(measured: dict[str, Any], events: int) -> dict[str, Any]:
             "peak_rss_mb": measured["peak_rss_mb"]}
 
 
+ROUND_STEPS = ("ceiling", "one_process", "two_processes", "replay")
+"""Steps measured once per round, interleaved, so a ratio compares runs minutes apart."""
+
+
 def measure_all(settings: Settings, args: argparse.Namespace,
                 results: dict[str, Any]) -> dict[str, Any]:
     """Produce once, then every step not skipped, in the order of ``STEPS``.
 
+    The throughput steps run ``args.rounds`` times, interleaved (ceiling, one, two,
+    replay; again): this machine's single-core speed drifts by up to a third within
+    an hour (one process took 35.5 s and 49.6 s on the same log half an hour apart,
+    every step of it slower alike, while two processes stayed at 23-26 s), so one
+    sample per step can make a ratio say more about the minute than the code.
     Fills ``results`` as it goes, so an interrupted run still reports what it measured.
     """
     skip = set(args.skip.split(",")) if args.skip else set()
     produced = produce_workload(settings, args.events, args.users, args.items)
     results["produce"] = {k: produced[k] for k in ("produced", "good", "events_per_s")}
-    if "ceiling" not in skip:
-        results["ceiling"] = measure_ceiling(settings)
     base = cli_env(settings, KAPPA_METRICS_PORT="0")
-    if "one_process" not in skip:
-        env = {**base, "KAPPA_NAMESPACE": "one", "KAPPA_REDIS_PREFIX": "one"}
-        results["one_process"] = _flow_result(
-            run_measured(env, "run", "--bounded", "--no-recovery"), args.events)
-    if "two_processes" not in skip:
-        env = {**base, "KAPPA_NAMESPACE": "two", "KAPPA_REDIS_PREFIX": "two"}
-        results["two_processes"] = _flow_result(
-            run_measured(env, "run", "--bounded", "--no-recovery", "--processes", "2"),
-            args.events)
-    if "replay" not in skip:
-        measured = run_measured(base, "replay", "--version", "bench", "--no-progress")
-        results["replay"] = _flow_result(measured, args.events)
+    rounds: list[dict[str, Any]] = []
+    results["rounds"] = rounds
+    for i in range(args.rounds):
+        sample: dict[str, Any] = {}
+        rounds.append(sample)
+        if "ceiling" not in skip:
+            sample["ceiling"] = measure_ceiling(settings)
+        if "one_process" not in skip:
+            env = {**base, "KAPPA_NAMESPACE": f"one{i}", "KAPPA_REDIS_PREFIX": f"one{i}"}
+            sample["one_process"] = _flow_result(
+                run_measured(env, "run", "--bounded", "--no-recovery"), args.events)
+        if "two_processes" not in skip:
+            env = {**base, "KAPPA_NAMESPACE": f"two{i}", "KAPPA_REDIS_PREFIX": f"two{i}"}
+            sample["two_processes"] = _flow_result(
+                run_measured(env, "run", "--bounded", "--no-recovery", "--processes", "2"),
+                args.events)
+        if "replay" not in skip:
+            measured = run_measured(base, "replay", "--version", f"bench{i}", "--no-progress")
+            sample["replay"] = _flow_result(measured, args.events)
+        results.update(median_runs(rounds))
     if "naive" not in skip:
         results["naive"] = measure_naive(settings, args.naive_budget_s)
     if "freshness" not in skip:
@@ -112,18 +130,49 @@ def measure_all(settings: Settings, args: argparse.Namespace,
     return results
 
 
+def median_runs(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per round step, its median-rate run, with every round's events/s and the peak RSS.
+
+    The median of an even count is the slower middle run.
+    """
+    out: dict[str, Any] = {}
+    for step in ROUND_STEPS:
+        runs = [r[step] for r in rounds if step in r]
+        if not runs:
+            continue
+        ordered = sorted(runs, key=lambda run: run["events_per_s"] or 0.0)
+        median = dict(ordered[(len(ordered) - 1) // 2])
+        median["rounds_events_per_s"] = [run["events_per_s"] for run in runs]
+        rss = [run["peak_rss_mb"] for run in runs if run.get("peak_rss_mb") is not None]
+        if rss:
+            median["peak_rss_mb"] = max(rss)
+        out[step] = median
+    return out
+
+
 def _rate(results: dict[str, Any], step: str) -> float | None:
     value = results.get(step, {}).get("events_per_s")
     return float(value) if value else None
 
 
 def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each with its measured value (``None``: step skipped)."""
-    one, two = _rate(results, "one_process"), _rate(results, "two_processes")
-    ceiling, naive, replay = (_rate(results, s) for s in ("ceiling", "naive", "replay"))
+    """The issue's targets, each with its measured value (``None``: step skipped).
+
+    Throughput ratios are taken within each round and their median reported.
+    """
+    one, naive = _rate(results, "one_process"), _rate(results, "naive")
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a and b else None
+
+    def paired(top: str, bottom: str) -> float | None:
+        """The median over rounds of the ratio within each round (runs minutes apart)."""
+        values = sorted(v for r in results.get("rounds", [])
+                        if (v := ratio(_rate(r, top), _rate(r, bottom))) is not None)
+        if not values:
+            return ratio(_rate(results, top), _rate(results, bottom))
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else round((values[mid - 1] + values[mid]) / 2, 3)
 
     def p99(step: str) -> float | None:
         fresh = results.get(step, {})
@@ -131,10 +180,10 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     rss = results.get("one_process", {}).get("peak_rss_mb")
     checks = [
-        ("one process / ceiling", ratio(one, ceiling), ">=", 0.5),
+        ("one process / ceiling", paired("one_process", "ceiling"), ">=", 0.5),
         ("one process / naive", ratio(one, naive), ">=", 2.0),
-        ("two processes / one", ratio(two, one), ">=", 1.7),
-        ("replay / live bounded", ratio(replay, one), ">=", 0.9),
+        ("two processes / one", paired("two_processes", "one_process"), ">=", 1.7),
+        ("replay / live bounded", paired("replay", "one_process"), ">=", 0.9),
         ("freshness p99 s (one process)", p99("freshness"), "<=", 1.0),
         ("freshness p99 s (two processes)", p99("freshness_two_processes"), "<=", 1.0),
         ("peak RSS MB (one process)", rss, "<=", 1024.0),
@@ -162,6 +211,12 @@ def markdown(report: dict[str, Any]) -> str:
                                             if s.get("consumed") else None)
             lines.append(f"| {step} | {s['events_per_s']:,.0f} | {cpu if cpu is not None else '-'} "
                          f"| {s.get('peak_rss_mb', '-')} |")
+    rounds = r.get("rounds", [])
+    if rounds:
+        lines += ["", f"Median of {len(rounds)} interleaved round(s) (peak RSS: the largest); "
+                  "events/s per round:"]
+        lines += [f"- {step}: " + ", ".join(f"{v:,.0f}" for v in r[step]["rounds_events_per_s"])
+                  for step in ROUND_STEPS if step in r and "rounds_events_per_s" in r[step]]
     for step in ("freshness", "freshness_two_processes"):
         if step in r:
             f = r[step]
@@ -170,7 +225,8 @@ def markdown(report: dict[str, Any]) -> str:
                       f"{f['produced_events_per_s']}/s; drained: {f['drained']}, "
                       f"{f['drain_after_produce_s']} s after producing): "
                       f"p50 {_round(f['p50_s'])} s, p99 {_round(f['p99_s'])} s"]
-    lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
+    lines += ["", "Ratios: the median over rounds of each round's ratio.", "",
+              "| target | measured | goal | met |", "|---|---:|---|---|"]
     for t in report["targets"]:
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
         lines.append(f"| {t['target']} | {_round(t['value']) if t['value'] is not None else '-'} "
@@ -208,6 +264,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved runs of the ceiling, one, two and replay steps")
     parser.add_argument("--fresh-rate", type=int, default=20_000)
     parser.add_argument("--fresh-seconds", type=int, default=60)
     parser.add_argument("--naive-budget-s", type=float, default=120.0,
@@ -218,6 +276,8 @@ def main() -> None:
     unknown = set(filter(None, args.skip.split(","))) - set(STEPS)
     if unknown:
         parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join(STEPS)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     started = time.perf_counter()
     # SIGTERM unwinds like Ctrl-C: the scratch stack is stopped, partial results written.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
