@@ -92,7 +92,7 @@ def measure_all(settings: Settings, args: argparse.Namespace,
     The throughput steps run ``args.rounds`` times, interleaved (ceiling, one, two,
     replay; again): this machine's single-core speed drifts by up to a third within
     an hour (one process took 35.5 s and 49.6 s on the same log half an hour apart,
-    every step of it slower alike, while two processes stayed at 23-26 s), so one
+    and in traced runs every step slowed alike; two processes took 23-29 s), so one
     sample per step can make a ratio say more about the minute than the code.
     Fills ``results`` as it goes, so an interrupted run still reports what it measured.
     """
