@@ -29,6 +29,7 @@ import argparse
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,12 +168,9 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     def paired(top: str, bottom: str) -> float | None:
         """The median over rounds of the ratio within each round (runs minutes apart)."""
-        values = sorted(v for r in results.get("rounds", [])
-                        if (v := ratio(_rate(r, top), _rate(r, bottom))) is not None)
-        if not values:
-            return ratio(_rate(results, top), _rate(results, bottom))
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else round((values[mid - 1] + values[mid]) / 2, 3)
+        values = [v for r in results.get("rounds", [])
+                  if (v := ratio(_rate(r, top), _rate(r, bottom))) is not None]
+        return round(statistics.median(values), 3) if values else None
 
     def p99(step: str) -> float | None:
         fresh = results.get(step, {})
@@ -216,7 +214,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Median of {len(rounds)} interleaved round(s) (peak RSS: the largest); "
                   "events/s per round:"]
         lines += [f"- {step}: " + ", ".join(f"{v:,.0f}" for v in r[step]["rounds_events_per_s"])
-                  for step in ROUND_STEPS if step in r and "rounds_events_per_s" in r[step]]
+                  for step in ROUND_STEPS if step in r]
     for step in ("freshness", "freshness_two_processes"):
         if step in r:
             f = r[step]
